@@ -1,0 +1,64 @@
+"""PostgreSQL adapter: a small thread-safe connection pool with retried checkout.
+
+Connections that fail with a connection-level error are discarded, not returned to the pool, so
+a database failover heals on the next attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+
+from service.retry import db_retry, is_transient_db_error
+
+
+class Database:
+    """A pool of connections to one PostgreSQL database."""
+
+    def __init__(self, url: str, *, max_connections: int = 8, read_only: bool = False) -> None:
+        self._url = url
+        self._read_only = read_only
+        self._pool = _open_pool(url, max_connections)
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor in one transaction: committed on success, rolled back on any exception."""
+        conn = self._checkout()
+        broken = False
+        try:
+            with conn, conn.cursor() as cursor:
+                yield cursor
+        except BaseException as exc:
+            broken = is_transient_db_error(exc) or conn.closed != 0
+            raise
+        finally:
+            self._pool.putconn(conn, close=broken)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._pool.closeall()
+
+    @db_retry
+    def _checkout(self) -> psycopg2.extensions.connection:
+        conn = self._pool.getconn()
+        if conn.closed:
+            self._pool.putconn(conn, close=True)
+            conn = self._pool.getconn()
+        if self._read_only and not conn.readonly:
+            conn.set_session(readonly=True)
+        return conn
+
+
+@db_retry
+def _open_pool(url: str, max_connections: int) -> psycopg2.pool.ThreadedConnectionPool:
+    return psycopg2.pool.ThreadedConnectionPool(
+        minconn=1,
+        maxconn=max_connections,
+        dsn=url,
+        connect_timeout=10,
+        application_name="edc-image-pipeline",
+    )

@@ -1,0 +1,151 @@
+"""Stage 1: turn an SQS message body into the S3 objects it announces.
+
+Accepted shapes (CONTRACT section 2): an S3 event notification, the same wrapped in an SNS
+notification, and the EventBridge "Object Created" event. ``s3:TestEvent`` and non-creation
+events yield no objects. Anything else raises ``MalformedMessageError``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectCreated:
+    """One S3 object version that was created: what the worker processes."""
+
+    bucket: str
+    key: str  # decoded: "+" is a space, %2F is "/"
+    version_id: str | None
+    etag: str | None
+    size: int | None
+    event_time: datetime
+
+    @property
+    def version_or_etag(self) -> str:
+        """What identifies this object version: the version id, else the ETag."""
+        return self.version_id or self.etag or ""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """The objects in one message; empty for test events and events we do not act on."""
+
+    objects: tuple[ObjectCreated, ...]
+    ignored: int  # records that were valid but not object creations (test events, deletions)
+
+
+class MalformedMessageError(ValueError):
+    """The body is not one of the accepted event shapes; the message is left to reach the DLQ."""
+
+
+def parse_message(body: str) -> ParsedMessage:
+    """Parse one SQS message body. Raises ``MalformedMessageError`` on anything unrecognised."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, TypeError):
+        raise MalformedMessageError("body is not JSON") from None
+    return _parse_document(document, depth=0)
+
+
+def _parse_document(document: Any, depth: int) -> ParsedMessage:
+    if not isinstance(document, dict):
+        raise MalformedMessageError("body is not a JSON object")
+    if document.get("Type") == "Notification" and "Message" in document and depth == 0:
+        # SNS wraps the S3 event as a JSON string.
+        try:
+            inner = json.loads(document["Message"])
+        except (json.JSONDecodeError, TypeError):
+            raise MalformedMessageError("SNS Message is not JSON") from None
+        return _parse_document(inner, depth + 1)
+    if document.get("Event") == "s3:TestEvent":
+        return ParsedMessage(objects=(), ignored=1)
+    if "Records" in document:
+        return _parse_s3_records(document["Records"])
+    if document.get("source") == "aws.s3" and "detail-type" in document:
+        return _parse_eventbridge(document)
+    raise MalformedMessageError("not an S3, SNS or EventBridge event")
+
+
+def _parse_s3_records(records: Any) -> ParsedMessage:
+    if not isinstance(records, list) or not records:
+        raise MalformedMessageError("Records is empty or not a list")
+    objects: list[ObjectCreated] = []
+    ignored = 0
+    for record in records:
+        if not isinstance(record, dict):
+            raise MalformedMessageError("a record is not an object")
+        if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+            ignored += 1
+            continue
+        try:
+            s3 = record["s3"]
+            obj = s3["object"]
+            objects.append(
+                ObjectCreated(
+                    bucket=str(s3["bucket"]["name"]),
+                    key=_decode_key(obj["key"]),
+                    version_id=obj.get("versionId") or None,
+                    etag=_clean_etag(obj.get("eTag")),
+                    size=_optional_int(obj.get("size")),
+                    event_time=_parse_time(record.get("eventTime")),
+                )
+            )
+        except (KeyError, TypeError):
+            raise MalformedMessageError(
+                "an ObjectCreated record lacks s3.bucket.name or s3.object.key"
+            ) from None
+    return ParsedMessage(objects=tuple(objects), ignored=ignored)
+
+
+def _parse_eventbridge(document: dict[str, Any]) -> ParsedMessage:
+    if document["detail-type"] != "Object Created":
+        return ParsedMessage(objects=(), ignored=1)
+    try:
+        detail = document["detail"]
+        obj = detail["object"]
+        created = ObjectCreated(
+            bucket=str(detail["bucket"]["name"]),
+            # EventBridge keys are URL-encoded the same way as S3 notifications.
+            key=_decode_key(obj["key"]),
+            version_id=obj.get("version-id") or None,
+            etag=_clean_etag(obj.get("etag")),
+            size=_optional_int(obj.get("size")),
+            event_time=_parse_time(document.get("time")),
+        )
+    except (KeyError, TypeError):
+        raise MalformedMessageError(
+            "EventBridge event lacks detail.bucket.name or detail.object.key"
+        ) from None
+    return ParsedMessage(objects=(created,), ignored=0)
+
+
+def _decode_key(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise MalformedMessageError("object key is empty or not a string")
+    return unquote_plus(raw)
+
+
+def _clean_etag(raw: Any) -> str | None:
+    return str(raw).strip('"') or None if raw else None
+
+
+def _optional_int(raw: Any) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_time(raw: Any) -> datetime:
+    if not isinstance(raw, str):
+        raise MalformedMessageError("event time is missing")
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedMessageError("event time is not ISO 8601") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

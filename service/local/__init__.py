@@ -1,0 +1,1 @@
+"""The embedded stack: moto's HTTP server and a throwaway PostgreSQL, for demos and tests."""

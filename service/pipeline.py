@@ -1,0 +1,309 @@
+"""Stages 2-7 for one S3 object: choose the pipeline, open the job, look up, process, place, record.
+
+``ObjectHandler.handle`` never touches SQS: it returns an ``Outcome`` and the worker settles the
+message from it. Permanent faults are recorded here and acknowledged; retryable ones are
+recorded as Failed only on the last delivery the queue allows.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import structlog
+from pydicom.tag import BaseTag
+
+from service.edc import EdcLookup, EdcRecord
+from service.errors import PermanentError, PipelineError, RetryableError, Stage
+from service.events import ObjectCreated
+from service.keys import QuarantineFields, SourceKey, ddfile_name_of, parse_source_key, render_name
+from service.logs import describe_exception
+from service.processors import process_upload
+from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
+from service.quarantine import place_in_quarantine
+from service.reporting import ErrorEntry, JobReport, Reporter
+from service.s3io import ObjectRef, ObjectStore
+from service.tracking import COMPLETED, EXHAUSTED_CODE, FAILED, Job, Pipeline, TrackingStore
+
+log = structlog.get_logger()
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to do with the message for one object: acknowledge, or show it again later."""
+
+    ack: bool
+    reason: str
+    delay_s: int | None = None  # None: the worker's backoff policy picks the delay
+
+    @classmethod
+    def done(cls, reason: str) -> Outcome:
+        return cls(ack=True, reason=reason)
+
+    @classmethod
+    def retry(cls, reason: str, delay_s: int | None = None) -> Outcome:
+        return cls(ack=False, reason=reason, delay_s=delay_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Which delivery of the SQS message this is."""
+
+    message_id: str
+    receive_count: int
+    max_receive_count: int | None  # None: no redrive policy, deliveries never run out
+
+    @property
+    def is_last(self) -> bool:
+        return self.max_receive_count is not None and self.receive_count >= self.max_receive_count
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    """The settings the handler needs (a subset of ``Settings``)."""
+
+    destination_bucket: str
+    quarantine_prefix: str
+    name_template: str
+    replica_lag_interval_s: int
+    replica_lag_max_s: int
+    lease_s: int
+    max_object_bytes: int
+    notify_on_completion: bool
+    tracking_tag: BaseTag
+    zip_limits: ZipLimits
+    work_dir: Path | None
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one attempt has learned so far; used to report whatever stage it stopped at."""
+
+    source: ObjectCreated
+    pipeline: Pipeline
+    job: Job
+    delivery: Delivery
+    key: SourceKey | None = None
+    record: EdcRecord | None = None
+    destination: str | None = None
+
+
+class ObjectHandler:
+    """Runs one object through the pipeline. Thread-safe: holds no per-object state."""
+
+    def __init__(
+        self,
+        tracking: TrackingStore,
+        edc: EdcLookup,
+        store: ObjectStore,
+        reporter: Reporter,
+        options: HandlerOptions,
+        clock: Clock,
+    ) -> None:
+        self._tracking = tracking
+        self._edc = edc
+        self._store = store
+        self._reporter = reporter
+        self._options = options
+        self._clock = clock
+
+    def handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
+        """Process one object; return how to settle its message. Raises only on database faults
+        before a job exists (the worker retries those like any transient fault)."""
+        ddfile = ddfile_name_of(source.key)
+        if ddfile is None:
+            return self._reject_unplaceable(source)
+        pipeline = self._tracking.pipeline_for_ddfile(ddfile)
+        if pipeline is None:
+            log.info("pipeline.ddfile_not_handled", ddfile_name=ddfile)
+            return Outcome.done("ddfile not handled")
+        now = self._clock()
+        job = self._tracking.open_job(pipeline, source, source.key.rsplit("/", 1)[-1], now)
+        with structlog.contextvars.bound_contextvars(pipeline_code=pipeline.code, pipeline_file_id=job.id):
+            if job.is_settled:
+                log.info("job.duplicate_delivery", status=job.status)
+                return Outcome.done("duplicate delivery")
+            lease = timedelta(seconds=self._options.lease_s)
+            if not self._tracking.claim_job(job.id, delivery.message_id, now, lease):
+                log.info("job.claimed_elsewhere")
+                # Look again after the usual backoff: by then the other delivery has settled it.
+                return Outcome.retry("claimed by another delivery")
+            attempt = _Attempt(source, pipeline, job, delivery)
+            try:
+                return self._run(attempt)
+            except PermanentError as exc:
+                self._fail(attempt, [_entry(exc)], exc.code)
+                return Outcome.done(f"failed {exc.code}")
+            except RetryableError as exc:
+                return self._retry_or_exhaust(attempt, delivery, _entry(exc))
+            except OSError as exc:  # local disk: full, unwritable temp dir
+                log.warning("job.local_io_error", **describe_exception(exc))
+                entry = ErrorEntry("ERRS1007", f"local I/O failed ({type(exc).__name__})", Stage.PROCESS)
+                return self._retry_or_exhaust(attempt, delivery, entry)
+            except Exception as exc:  # noqa: BLE001 - a bug: retried, then recorded, never a crash of the loop
+                log.error("job.unexpected_error", **describe_exception(exc))
+                entry = ErrorEntry("ERRL8001", f"unexpected {type(exc).__name__}", Stage.WORKER)
+                return self._retry_or_exhaust(attempt, delivery, entry)
+
+    def _run(self, attempt: _Attempt) -> Outcome:
+        attempt.key = parse_source_key(attempt.source.key)
+        record = self._edc.lookup_crf_file(attempt.key)
+        if record is None:
+            return self._wait_for_replica(attempt)
+        attempt.record = record
+        self._tracking.record_edc(attempt.job.id, record, self._clock())
+        size = attempt.source.size
+        if size is not None and size > self._options.max_object_bytes:
+            raise PermanentError("ERRL5001", f"{size} bytes > MAX_OBJECT_BYTES", Stage.DOWNLOAD)
+        destination = self._options.quarantine_prefix + render_name(
+            self._options.name_template, _name_fields(attempt.job, attempt.key, record)
+        )
+        with tempfile.TemporaryDirectory(prefix="edc-job-", dir=self._options.work_dir) as tmp:
+            result = self._stamp(attempt, Path(tmp))
+            place_in_quarantine(
+                self._store,
+                Path(tmp) / "output",
+                self._options.destination_bucket,
+                destination,
+                attempt.job.id,
+                attempt.source,
+            )
+        attempt.destination = destination
+        return self._complete(attempt, result)
+
+    def _stamp(self, attempt: _Attempt, tmp: Path) -> ProcessResult:
+        source = attempt.source
+        ref = ObjectRef(source.bucket, source.key, source.version_id, source.etag)
+        started = self._clock()
+        size = self._store.download(ref, tmp / "source")
+        job_id = attempt.job.id
+
+        def allocate(series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]:
+            return self._tracking.allocate_series(job_id, series)
+
+        result = process_upload(
+            tmp / "source",
+            tmp / "output",
+            allocate,
+            tracking_tag=self._options.tracking_tag,
+            limits=self._options.zip_limits,
+            work_dir=tmp,
+            name=source.key.rsplit("/", 1)[-1],
+        )
+        log.info(
+            "job.processed",
+            bytes=size,
+            series=len(result.series),
+            members=result.members,
+            instances_stamped=result.instances_stamped,
+            issues=len(result.issues),
+            fallbacks=result.fallbacks,
+            stage=Stage.PROCESS,
+            duration_ms=int((self._clock() - started).total_seconds() * 1000),
+        )
+        return result
+
+    def _complete(self, attempt: _Attempt, result: ProcessResult) -> Outcome:
+        now = self._clock()
+        entries = [ErrorEntry(i.code, i.message, Stage.PROCESS, i.member) for i in result.issues]
+        for entry in entries:
+            self._tracking.record_error(
+                attempt.job.id, attempt.source.key, entry.code, entry.message, entry.stage, now, entry.member
+            )
+        first_code = entries[0].code if entries else None
+        assert attempt.destination is not None
+        self._tracking.complete_job(
+            attempt.job.id, self._options.destination_bucket, attempt.destination, first_code, now
+        )
+        log.info(
+            "job.completed",
+            has_error=bool(entries),
+            error_code=first_code,
+            series=len(result.series),
+            instances_stamped=result.instances_stamped,
+        )
+        report = self._report(attempt, COMPLETED)
+        if entries:
+            self._reporter.report_errors(report, entries, now)
+        elif self._options.notify_on_completion:
+            self._reporter.report_completion(report)
+        return Outcome.done("completed")
+
+    def _wait_for_replica(self, attempt: _Attempt) -> Outcome:
+        now = self._clock()
+        waited = (now - attempt.source.event_time).total_seconds()
+        if waited >= self._options.replica_lag_max_s or attempt.delivery.is_last:
+            raise PermanentError("ERRL1003", f"not found after {int(waited)} s", Stage.EDC_LOOKUP)
+        self._tracking.release_job(attempt.job.id, now)
+        log.info("edc.not_found_yet", waited_s=int(waited), stage=Stage.EDC_LOOKUP)
+        return Outcome.retry("waiting for the EDC replica", self._options.replica_lag_interval_s)
+
+    def _retry_or_exhaust(self, attempt: _Attempt, delivery: Delivery, entry: ErrorEntry) -> Outcome:
+        if not delivery.is_last:
+            log.warning(
+                "job.retry_later",
+                error_code=entry.code,
+                stage=entry.stage,
+                receive_count=delivery.receive_count,
+            )
+            self._tracking.release_job(attempt.job.id, self._clock())
+            return Outcome.retry(f"transient {entry.code}")
+        exhausted = ErrorEntry(EXHAUSTED_CODE, f"last delivery failed with {entry.code}", entry.stage)
+        self._fail(attempt, [entry, exhausted], EXHAUSTED_CODE)
+        # Not acknowledged: the queue moves the message to the DLQ, where operators redrive it.
+        return Outcome.retry("deliveries exhausted")
+
+    def _fail(self, attempt: _Attempt, entries: list[ErrorEntry], job_code: str) -> None:
+        now = self._clock()
+        for entry in entries:
+            self._tracking.record_error(
+                attempt.job.id, attempt.source.key, entry.code, entry.message, entry.stage, now, entry.member
+            )
+        self._tracking.fail_job(attempt.job.id, job_code, now)
+        log.warning("job.failed", error_code=entries[0].code, stage=entries[0].stage)
+        self._reporter.report_errors(self._report(attempt, FAILED), entries, now)
+
+    def _reject_unplaceable(self, source: ObjectCreated) -> Outcome:
+        """A key that fits no layout: no pipeline, no job; an error row, log and notification."""
+        now = self._clock()
+        entry = ErrorEntry("ERRL1001", "key does not fit the source layout", Stage.KEY)
+        self._tracking.record_error(None, source.key, entry.code, entry.message, entry.stage, now)
+        log.warning("job.rejected_key", error_code=entry.code, stage=entry.stage)
+        report = JobReport(source=source, pipeline_code=None, job_id=None, created_at=now, status=FAILED)
+        self._reporter.report_errors(report, [entry], now)
+        return Outcome.done("key layout")
+
+    def _report(self, attempt: _Attempt, status: str) -> JobReport:
+        return JobReport(
+            source=attempt.source,
+            pipeline_code=attempt.pipeline.code,
+            job_id=attempt.job.id,
+            created_at=attempt.job.created_at,
+            status=status,
+            key=attempt.key,
+            record=attempt.record,
+            destination=attempt.destination,
+        )
+
+
+def _entry(exc: PipelineError) -> ErrorEntry:
+    return ErrorEntry(exc.code, exc.message, str(exc.stage or Stage.WORKER))
+
+
+def _name_fields(job: Job, key: SourceKey, record: EdcRecord) -> QuarantineFields:
+    return QuarantineFields(
+        ddcrf=record.ddcrf_name,
+        ddfile=record.ddfile_name,
+        participant=record.participant_code,
+        event=record.event_code,
+        subjecteventcrf_id=record.subjecteventcrf_id,
+        revision=record.revision_number,
+        pipeline_file_id=job.id,
+        created_at=job.created_at,
+        ext=key.ext,
+    )

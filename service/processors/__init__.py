@@ -1,0 +1,123 @@
+"""Stamp the tracking UID (ATRIUID) into an upload: one DICOM file or a zip of DICOM files.
+
+``process_upload`` works in two passes. The scan reads only headers to find every instance's
+Study/Series Instance UIDs and group the instances into series; the allocator is then called once
+with all series; the write pass puts each series' ATRIUID into every instance and verifies the
+result.
+
+Splice or fallback. Most files take the *header splice*: the element headers on disk are walked
+(values skipped with seeks) to find where the tracking element belongs, and the output is the
+original bytes up to that point, the new element encoded in the dataset's own transfer syntax, and
+the rest of the original bytes copied unchanged in 1 MiB chunks. Pixel data is never decoded or
+held in memory, compressed pixel data is never re-encoded, and every other element keeps its exact
+bytes. This works for the little-endian Part 10 files that make up nearly all uploads: implicit
+and explicit VR little endian and every encapsulated (JPEG, JPEG 2000, RLE, ...) syntax.
+
+A *full pydicom rewrite* (read everything, set the element, write a new Part 10 file) is used only
+where the byte layout rules out a splice: a deflated dataset (its bytes are compressed), big-endian
+explicit VR (retired), a file without preamble or file meta (the output must gain valid meta), or
+element bytes the walker finds irregular (for example an explicit-VR syntax over implicit-VR
+bytes). It holds the whole file in memory; ``ProcessResult.fallbacks`` counts these instances.
+
+Errors: a bad upload raises ``service.errors.PermanentError`` (ERRL2xxx for a single file, ERRL3xxx
+for an archive); a bad member of an archive is carried over unchanged and reported as a
+``MemberIssue``. Messages hold codes, counts and member names, never header values.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from pydicom.tag import BaseTag
+
+from service.errors import PermanentError
+from service.processors.archive import ZIP_MAGICS, checked_uids, process_zip
+from service.processors.base import (
+    DEFAULT_TRACKING_TAG,
+    MemberIssue,
+    ProcessResult,
+    SeriesKey,
+    SeriesSummary,
+    UidAllocator,
+    ZipLimits,
+)
+from service.processors.instance import scan_instance, stamp_instance
+from service.processors.splice import check_tracking_tag
+
+__all__ = [
+    "DEFAULT_TRACKING_TAG",
+    "MemberIssue",
+    "ProcessResult",
+    "SeriesKey",
+    "SeriesSummary",
+    "UidAllocator",
+    "ZipLimits",
+    "is_zip",
+    "process_upload",
+]
+
+# pydicom logs through the "pydicom" logger, and its messages can quote header values (PHI).
+# Keep them out of the service's log handlers; the processors report through codes instead.
+logging.getLogger("pydicom").propagate = False
+
+
+def is_zip(path: Path) -> bool:
+    """True when ``path`` starts with a zip local file header or an empty zip's end record."""
+    with open(path, "rb") as fp:
+        return fp.read(4) in ZIP_MAGICS
+
+
+def _process_file(
+    src: Path, dst: Path, allocate: UidAllocator, tag: BaseTag, vr: str, name: str
+) -> ProcessResult:
+    instance = scan_instance(src, tag)
+    series = (SeriesSummary(instance.key, instance.series_number, 1),)
+    uid = checked_uids(allocate(series), series, vr)[instance.key]
+    try:
+        fallback = stamp_instance(src, dst, instance, tag, vr, uid)
+    except PermanentError as exc:
+        # Allocated already: the upload completes, carried over unchanged, with the issue.
+        shutil.copyfile(src, dst)
+        issue = MemberIssue(name or src.name, exc.code, f"{exc.message}; carried over unchanged")
+        return ProcessResult(series, (issue,), 0, 1, 0)
+    return ProcessResult(series, (), 1, 1, int(fallback))
+
+
+def process_upload(
+    src: Path,
+    dst: Path,
+    allocate: UidAllocator,
+    *,
+    tracking_tag: BaseTag = DEFAULT_TRACKING_TAG,
+    limits: ZipLimits = ZipLimits(),  # noqa: B008 - frozen dataclass, safe as a default
+    work_dir: Path | None = None,
+    name: str = "",
+) -> ProcessResult:
+    """Write a copy of the upload ``src`` to ``dst`` with the tracking UID in every instance.
+
+    ``src`` is one DICOM file or a zip of them, told apart by content (zip magic), not by name;
+    ``dst`` receives a DICOM file or a zip accordingly and must differ from ``src``. ``allocate``
+    is called exactly once, after the scan and before anything is written, with every series found
+    (ordered by first appearance); it must return an ATRIUID for each. ``name`` labels the single
+    file in a ``MemberIssue``. Temporary files go under ``work_dir`` (default: the system temporary
+    directory) and are removed whatever happens.
+
+    Raises ``PermanentError`` (stage PROCESS) for an upload that cannot be processed; on any
+    exception ``dst`` is removed. Besides that, only ``OSError`` (disk faults), whatever
+    ``allocate`` itself raises, and ``ValueError`` (an invalid ``tracking_tag`` or an allocator
+    answer missing a series or holding a UID the tag's VR cannot carry) escape.
+    """
+    vr = check_tracking_tag(tracking_tag)
+    try:
+        if is_zip(src):
+            with tempfile.TemporaryDirectory(prefix="edc-process-", dir=work_dir) as work:
+                return process_zip(
+                    src, dst, allocate, tag=tracking_tag, vr=vr, limits=limits, work=Path(work)
+                )
+        return _process_file(src, dst, allocate, tracking_tag, vr, name)
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,305 @@
+"""Zip uploads: validate the archive, scan every member, allocate once, write a stamped copy.
+
+Members are handled one at a time and never held in memory: each is expanded with bounded-chunk
+copies into a temporary file (counting the bytes actually produced against the limits, so a
+member whose header lies about its size cannot expand past them), processed into a second
+temporary file, and copied in chunks into the output archive, which keeps member order, names,
+timestamps, permissions and each member's compression method.
+
+The scan pass expands every member once and the write pass expands the DICOM ones again instead
+of keeping them all on disk between the passes: that costs a second decompression but bounds the
+temporary disk to about two members besides the input and output archives.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pydicom.tag import BaseTag
+
+from service.errors import PermanentError
+from service.processors.base import (
+    MemberIssue,
+    ProcessResult,
+    SeriesKey,
+    SeriesSummary,
+    UidAllocator,
+    ZipLimits,
+)
+from service.processors.instance import Instance, scan_instance, stamp_instance
+from service.processors.reading import fail, is_os_fault
+from service.processors.splice import COPY_CHUNK, encode_value
+
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# The ratio limit only applies above this size: tiny text files compress far beyond any sane
+# ratio and are harmless.
+RATIO_FLOOR = 1024 * 1024
+_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                      zipfile.ZIP_LZMA})
+_JUNK_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@contextmanager
+def _reading_zip() -> Iterator[None]:
+    """Map failures while reading the archive to ERRL3001 (zipfile and its decompressors raise
+    many types on hostile bytes); our own ``PermanentError`` and real disk faults pass through."""
+    try:
+        yield
+    except PermanentError:
+        raise
+    except Exception as exc:
+        if is_os_fault(exc):
+            raise
+        raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
+
+
+def _shown(name: str) -> str:
+    """A member name fit for a message: escaped and bounded."""
+    return repr(name if len(name) <= 200 else name[:200] + "...")
+
+
+def _is_junk(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return "__MACOSX" in parts or parts[-1].lower() in _JUNK_FILES
+
+
+def _check_entry(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
+    name = info.filename.replace("\\", "/")
+    if not name:
+        raise fail("ERRL3001", "zip archive has a member without a name")
+    if name.startswith("/") or _DRIVE.match(name) or ".." in name.split("/"):
+        raise fail("ERRL3002", f"member {_shown(info.filename)} is absolute or escapes the archive")
+    if info.flag_bits & 0x1:
+        raise fail("ERRL3007", f"member {_shown(info.filename)} is encrypted")
+    if info.compress_type not in _METHODS:
+        raise fail("ERRL3001", f"member {_shown(info.filename)} uses an unsupported compression")
+    if info.file_size > RATIO_FLOOR and (
+        info.compress_size <= 0 or info.file_size / info.compress_size > limits.max_ratio
+    ):
+        raise fail("ERRL3003", f"member {_shown(info.filename)} exceeds the compression ratio "
+                               f"limit of {limits.max_ratio:g}")
+    if not info.is_dir() and not _is_junk(name) and name.lower().endswith(".zip"):
+        raise fail("ERRL3004", f"member {_shown(info.filename)} is a nested archive")
+
+
+def validate_directory(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> None:
+    """Check the central directory before anything is expanded.
+
+    Raises ERRL3002 (absolute or escaping name), ERRL3003 (member count, total expanded size or
+    ratio over the limits), ERRL3007 (encrypted member), ERRL3004 (member named ``*.zip``) or
+    ERRL3001 (unnamed member, unsupported compression method).
+    """
+    if len(infos) > limits.max_members:
+        raise fail("ERRL3003", f"zip archive has {len(infos)} members; the limit is "
+                               f"{limits.max_members}")
+    for info in infos:
+        _check_entry(info, limits)
+    total = sum(info.file_size for info in infos)
+    if total > limits.max_total_uncompressed:
+        raise fail("ERRL3003", f"zip archive expands to {total} bytes; the limit is "
+                               f"{limits.max_total_uncompressed}")
+
+
+class _Budget:
+    """Counts the bytes really expanded, against the per-member header and the total limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def pump(self, source: IO[bytes], target: IO[bytes], info: zipfile.ZipInfo) -> None:
+        """Copy one member in bounded chunks; raise ERRL3003 once it expands past a limit."""
+        written = 0
+        while chunk := source.read(COPY_CHUNK):
+            written += len(chunk)
+            self.used += len(chunk)
+            if written > info.file_size or self.used > self.limit:
+                raise fail("ERRL3003", f"member {_shown(info.filename)} expands past the "
+                                       "declared or allowed size")
+            target.write(chunk)
+
+
+def _extract(zin: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, budget: _Budget) -> None:
+    with _reading_zip(), zin.open(info) as source, open(path, "wb") as target:
+        budget.pump(source, target, info)
+    with open(path, "rb") as extracted:
+        if extracted.read(4) in ZIP_MAGICS:
+            raise fail("ERRL3004", f"member {_shown(info.filename)} is a nested archive")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """The scan pass's verdict on one member."""
+
+    instance: Instance | None = None  # a DICOM instance to stamp
+    issue: MemberIssue | None = None  # carried over unchanged, with this issue
+
+
+def _scan_member(
+    zin: zipfile.ZipFile, info: zipfile.ZipInfo, work: Path, tag: BaseTag, budget: _Budget
+) -> _Entry:
+    if info.is_dir():
+        return _Entry()
+    if _is_junk(info.filename):
+        return _Entry(issue=MemberIssue(info.filename, "ERRL3005", "system file, not DICOM; "
+                                                                   "carried over unchanged"))
+    path = work / "scan.member"
+    try:
+        _extract(zin, info, path, budget)
+        return _Entry(instance=scan_instance(path, tag))
+    except PermanentError as exc:
+        if not exc.code.startswith("ERRL2"):
+            raise
+        code = "ERRL3005" if exc.code == "ERRL2001" else exc.code
+        return _Entry(issue=MemberIssue(info.filename, code, f"{exc.message}; carried over "
+                                                             "unchanged"))
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _summaries(entries: Sequence[_Entry]) -> tuple[SeriesSummary, ...]:
+    """One summary per series, in order of first appearance in the archive."""
+    counts: dict[SeriesKey, int] = {}
+    numbers: dict[SeriesKey, int | None] = {}
+    for entry in entries:
+        if entry.instance is not None:
+            key = entry.instance.key
+            counts[key] = counts.get(key, 0) + 1
+            numbers.setdefault(key, entry.instance.series_number)
+    return tuple(SeriesSummary(key, numbers[key], count) for key, count in counts.items())
+
+
+def _no_instance(entries: Sequence[_Entry]) -> PermanentError:
+    broken = [e.issue.code for e in entries if e.issue and e.issue.code in ("ERRL2002", "ERRL2003")]
+    if broken:
+        return fail(broken[0], f"no member could be stamped: {len(broken)} DICOM member(s) are "
+                               "corrupt or lack UIDs")
+    return fail("ERRL3006", "zip archive contains no DICOM instance")
+
+
+def checked_uids(
+    allocated: Mapping[SeriesKey, str], series: Sequence[SeriesSummary], vr: str
+) -> dict[SeriesKey, str]:
+    """The allocator's answer for every series, validated before anything is written.
+
+    Raises ``ValueError`` (an allocator bug, not an input problem) for a missing or invalid UID.
+    """
+    uids: dict[SeriesKey, str] = {}
+    for number, summary in enumerate(series, start=1):
+        uid = allocated.get(summary.key)
+        if uid is None:
+            raise ValueError(f"allocator returned no tracking UID for series #{number}")
+        encode_value(uid, vr)
+        uids[summary.key] = uid
+    return uids
+
+
+def _out_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
+    out = zipfile.ZipInfo(info.filename, info.date_time)
+    out.compress_type = info.compress_type
+    out.external_attr = info.external_attr
+    out.create_system = info.create_system
+    out.comment = info.comment
+    return out
+
+
+class _Writer:
+    """The write pass: one output member per input member, in order."""
+
+    def __init__(self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, work: Path, limit: int):
+        self.zin, self.zout, self.work = zin, zout, work
+        self.budget = _Budget(limit)
+        self.stamped = 0
+        self.fallbacks = 0
+
+    def _target(self, info: zipfile.ZipInfo) -> IO[bytes]:
+        return self.zout.open(_out_info(info), "w", force_zip64=True)
+
+    def _store(self, info: zipfile.ZipInfo, path: Path) -> None:
+        with open(path, "rb") as source, self._target(info) as target:
+            shutil.copyfileobj(source, target, COPY_CHUNK)
+
+    def carry(self, info: zipfile.ZipInfo) -> None:
+        """Copy a member unchanged (re-compressed with its own method), in bounded chunks."""
+        if info.is_dir():
+            self.zout.writestr(_out_info(info), b"")
+            return
+        with _reading_zip(), self.zin.open(info) as source, self._target(info) as target:
+            self.budget.pump(source, target, info)
+
+    def stamp(
+        self, info: zipfile.ZipInfo, instance: Instance, tag: BaseTag, vr: str, uid: str
+    ) -> MemberIssue | None:
+        """Stamp one DICOM member; on failure carry it over unchanged and return the issue."""
+        src, dst = self.work / "in.member", self.work / "out.member"
+        try:
+            _extract(self.zin, info, src, self.budget)
+            try:
+                fallback = stamp_instance(src, dst, instance, tag, vr, uid)
+            except PermanentError as exc:
+                self._store(info, src)
+                return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over "
+                                                            "unchanged")
+            self._store(info, dst)
+            self.stamped += 1
+            self.fallbacks += int(fallback)
+            return None
+        finally:
+            src.unlink(missing_ok=True)
+            dst.unlink(missing_ok=True)
+
+
+def process_zip(
+    src: Path,
+    dst: Path,
+    allocate: UidAllocator,
+    *,
+    tag: BaseTag,
+    vr: str,
+    limits: ZipLimits,
+    work: Path,
+) -> ProcessResult:
+    """Stamp every DICOM member of the zip ``src`` into a new zip at ``dst``.
+
+    ``work`` is an existing private temporary directory. Raises ERRL3001-ERRL3007 for the archive
+    as a whole (and ERRL2002/ERRL2003 when its only DICOM members are broken); problems with single
+    members become ``MemberIssue`` entries and the member is carried over unchanged. ``allocate``
+    is called once, with every series, before anything is written; ``ValueError`` escapes when its
+    answer lacks a series or holds an invalid UID, ``OSError`` for disk faults.
+    """
+    with _reading_zip():
+        zin = zipfile.ZipFile(src)
+    with zin:
+        with _reading_zip():
+            infos = zin.infolist()
+        validate_directory(infos, limits)
+        scan_budget = _Budget(limits.max_total_uncompressed)
+        entries = [_scan_member(zin, info, work, tag, scan_budget) for info in infos]
+        series = _summaries(entries)
+        if not series:
+            raise _no_instance(entries)
+        uids = checked_uids(allocate(series), series, vr)
+        issues: list[MemberIssue] = []
+        with zipfile.ZipFile(dst, "w", allowZip64=True) as zout, warnings.catch_warnings():
+            # Duplicate member names are carried over as they came; zipfile warns about them.
+            warnings.filterwarnings("ignore", message="Duplicate name", category=UserWarning)
+            writer = _Writer(zin, zout, work, limits.max_total_uncompressed)
+            for info, entry in zip(infos, entries, strict=True):
+                if entry.instance is None:
+                    writer.carry(info)
+                    issue = entry.issue
+                else:
+                    issue = writer.stamp(info, entry.instance, tag, vr, uids[entry.instance.key])
+                if issue is not None:
+                    issues.append(issue)
+            zout.comment = zin.comment
+    return ProcessResult(series, tuple(issues), writer.stamped, len(infos), writer.fallbacks)

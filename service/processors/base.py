@@ -1,0 +1,69 @@
+"""Values shared by the processors: what they are given and what they return."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydicom.tag import BaseTag, Tag
+
+# ClinicalTrialSeriesID: the contract's default home for the ATRIUID.
+DEFAULT_TRACKING_TAG: BaseTag = Tag(0x0012, 0x0071)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    """Identifies one series inside an upload."""
+
+    study_uid: str
+    series_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    """One series found in an upload: its UIDs, number and how many instances it has."""
+
+    key: SeriesKey
+    series_number: int | None
+    number_of_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberIssue:
+    """A problem with one part of an upload that did not stop the rest (Completed + has_error)."""
+
+    member: str  # zip member name, or the file name for a single file
+    code: str  # an ERRL code from service.errors
+    message: str  # built from codes/counts/UIDs only: never a header value
+
+
+@dataclass(frozen=True, slots=True)
+class ZipLimits:
+    """Bounds that reject zip bombs before anything is expanded."""
+
+    max_members: int = 10_000
+    max_total_uncompressed: int = 20 * 1024**3
+    max_ratio: float = 200.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """What a processor did to one upload."""
+
+    series: tuple[SeriesSummary, ...]
+    issues: tuple[MemberIssue, ...]
+    instances_stamped: int
+    members: int  # 1 for a single file
+    fallbacks: int = 0  # instances that needed a full pydicom rewrite instead of a header splice
+
+
+class UidAllocator(Protocol):
+    """Gives the ATRIUID for every series of an upload.
+
+    Called once per upload, after the series are known and before anything is written; the
+    tracking store implements it by inserting (or finding) one ``edc_pipeline_file_dicom`` row per
+    series, so the same upload retried gets the same ATRIUIDs.
+    """
+
+    def __call__(self, series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]: ...

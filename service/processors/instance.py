@@ -1,0 +1,205 @@
+"""One DICOM instance on local disk: scan its header, stamp it, verify the output.
+
+``scan_instance`` is the first pass: it reads only headers, classifies the file (not DICOM,
+truncated, no UIDs), finds its series and decides between the header splice and the full-rewrite
+fallback. ``stamp_instance`` is the second pass. Both raise ``PermanentError`` with an ERRL2xxx
+code for a bad file and let only ``OSError`` (disk faults) and ``ValueError`` (an invalid tracking
+value from the allocator) escape otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+from service.processors.base import SeriesKey
+from service.processors.layout import IrregularError, Layout, StructureError, TruncatedError, walk_dataset
+from service.processors.layout import walk_file as walk_layout
+from service.processors.reading import (
+    BIG_ENDIAN,
+    DEFLATED,
+    IMPLICIT_LITTLE,
+    fail,
+    inflate_dataset,
+    read_header,
+    read_header_bytes,
+    transfer_syntax,
+)
+from service.processors.rewrite import read_full, rewrite_file
+from service.processors.splice import SplicePlan, encode_element, encode_value, plan_splice
+from service.processors.splice import splice_file as splice_bytes
+
+SOP_CLASS_UID = 0x00080016
+STUDY_UID = 0x0020000D
+SERIES_UID = 0x0020000E
+SERIES_NUMBER = 0x00200011
+_SCAN_TAGS = (SOP_CLASS_UID, STUDY_UID, SERIES_UID, SERIES_NUMBER)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """What the scan learned about one instance: its series and how to stamp it."""
+
+    key: SeriesKey
+    series_number: int | None
+    plan: SplicePlan | None  # None: the full-rewrite fallback is needed
+
+
+def _uid(header: Dataset | None, tag: int) -> str | None:
+    """A usable UID value (printable ASCII, at most 64 characters) or ``None``."""
+    if header is None or tag not in header:
+        return None
+    try:
+        value = header[tag].value
+    except Exception:  # noqa: BLE001 - a value pydicom cannot convert is simply not a UID
+        return None
+    if not isinstance(value, str):
+        return None
+    value = value.strip(" \0")
+    if not 0 < len(value) <= 64 or not value.isascii() or not value.isprintable():
+        return None
+    return None if "\\" in value else value
+
+
+def _series_number(header: Dataset) -> int | None:
+    try:
+        value = header[SERIES_NUMBER].value if SERIES_NUMBER in header else None
+    except Exception:  # noqa: BLE001 - an unreadable Series Number is treated as absent
+        return None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _encoding(ts: str | None, header: Dataset) -> tuple[bool, bool]:
+    """(implicit VR, little endian) of the dataset: from the transfer syntax, else pydicom's guess."""
+    if ts is not None:
+        return ts == IMPLICIT_LITTLE, ts != BIG_ENDIAN
+    implicit, little = header.original_encoding
+    return bool(implicit), little is not False
+
+
+def _walk(path: Path, implicit: bool, little: bool, *, retry: bool = False) -> Layout | None:
+    """Layout of ``path``; ``None`` when irregular; ERRL2002 when truncated.
+
+    With ``retry`` (a second guess at the encoding) a truncation is only a failed guess: ``None``.
+    """
+    try:
+        with open(path, "rb") as fp:
+            return walk_layout(fp, path.stat().st_size, implicit_vr=implicit, little_endian=little)
+    except TruncatedError:
+        if retry:
+            return None
+        raise fail("ERRL2002", "an element runs past the end of the file (truncated)") from None
+    except IrregularError:
+        return None
+
+
+def _check_inflated(path: Path, data: bytes) -> None:
+    try:
+        walk_dataset(BytesIO(data), len(data), 0, implicit_vr=False, little_endian=True)
+    except TruncatedError:
+        raise fail("ERRL2002", "an element runs past the end of the dataset (truncated)") from None
+    except IrregularError:
+        read_full(path)  # irregular bytes: let pydicom's reader judge them now, not later
+
+
+def scan_instance(path: Path, tag: BaseTag) -> Instance:
+    """First pass over one file: identify it, check its structure, plan how to stamp it.
+
+    Reads headers only (a deflated dataset is inflated in memory, bounded). Raises ERRL2001 for a
+    file that is not DICOM, ERRL2002 for a corrupt or truncated one, ERRL2003 when the Study or
+    Series Instance UID is missing; ``OSError`` for disk faults.
+    """
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+    has_prefix = len(head) == 132 and head[128:132] == b"DICM"
+    ts = transfer_syntax(path) if has_prefix else None
+    if ts == DEFLATED:
+        inflated = inflate_dataset(path)
+        header = read_header_bytes(inflated, SERIES_NUMBER, _SCAN_TAGS)
+    else:
+        inflated = None
+        header = read_header(path, SERIES_NUMBER, _SCAN_TAGS)
+    identified = any(_uid(header, item) for item in (SOP_CLASS_UID, STUDY_UID, SERIES_UID))
+    if not identified and not has_prefix:
+        raise fail("ERRL2001", "no DICM prefix and no DICOM identifiers")
+    if header is None:
+        raise fail("ERRL2002", "DICOM header cannot be parsed")
+    plan: SplicePlan | None = None
+    if inflated is not None:
+        _check_inflated(path, inflated)
+    else:
+        implicit, little = _encoding(ts, header)
+        layout = _walk(path, implicit, little)
+        if layout is None and has_prefix and ts is not None and little:
+            # Some writers put implicit VR bytes under an explicit VR syntax (or the reverse):
+            # splice in the encoding the bytes really have, so the output reads as the input did.
+            layout = _walk(path, not implicit, little, retry=True)
+        if layout is None:
+            read_full(path)  # irregular bytes: let pydicom's reader judge them now, not later
+        elif has_prefix and ts is not None and little:
+            plan = plan_splice(layout, tag)
+    study, series = _uid(header, STUDY_UID), _uid(header, SERIES_UID)
+    if study is None or series is None:
+        raise fail("ERRL2003", "instance lacks a Study or Series Instance UID")
+    return Instance(SeriesKey(study, series), _series_number(header), plan)
+
+
+def verify_output(
+    path: Path, tag: BaseTag, value: str, encoding: tuple[bool, bool] | None = None
+) -> None:
+    """Cheap check of a written instance: the tag holds ``value`` once and nothing is cut short.
+
+    Re-reads the header up to the tag with pydicom and walks the element headers of the whole
+    file (so a pixel data length larger than the bytes present is caught). ``encoding`` is the
+    (implicit VR, little endian) pair of the dataset bytes; by default the transfer syntax's.
+    Raises ERRL2004.
+    """
+    header = read_header(path, int(tag), (int(tag),))
+    element = header.get(tag) if header is not None else None
+    found = element.value if element is not None else None
+    if isinstance(found, bytes):  # a private tag without its creator reads as UN
+        found = found.decode("latin-1")
+    if not isinstance(found, str) or found.strip(" \0") != value:
+        raise fail("ERRL2004", "written instance does not carry the tracking UID")
+    ts = transfer_syntax(path)
+    if ts == DEFLATED:
+        return  # written by pydicom from a complete dataset; its bytes are compressed
+    implicit, little = encoding or (ts == IMPLICIT_LITTLE, ts != BIG_ENDIAN)
+    try:
+        with open(path, "rb") as fp:
+            size = path.stat().st_size
+            layout = walk_layout(fp, size, implicit_vr=implicit, little_endian=little)
+    except StructureError:
+        raise fail("ERRL2004", "written instance has a broken element structure") from None
+    if sum(1 for item in layout.elements if item.tag == tag) != 1:
+        raise fail("ERRL2004", "written instance does not carry exactly one tracking element")
+
+
+def stamp_instance(
+    src: Path, dst: Path, instance: Instance, tag: BaseTag, vr: str, value: str
+) -> bool:
+    """Second pass: write ``src`` to ``dst`` carrying ``value`` in ``tag``, then verify ``dst``.
+
+    Splices when the scan produced a plan, otherwise rewrites fully with pydicom. Returns True when
+    the fallback was used. Raises ERRL2002/ERRL2004 (``dst`` may then hold partial output, the
+    caller discards it), ``ValueError`` for an invalid ``value``, ``OSError`` for disk faults.
+    """
+    raw = encode_value(value, vr)
+    if instance.plan is not None:
+        element = encode_element(
+            tag,
+            vr,
+            raw,
+            implicit_vr=instance.plan.implicit_vr,
+            little_endian=instance.plan.little_endian,
+        )
+        splice_bytes(src, dst, instance.plan, element)
+        verify_output(dst, tag, value, (instance.plan.implicit_vr, instance.plan.little_endian))
+        return False
+    rewrite_file(src, dst, tag, vr, value)
+    verify_output(dst, tag, value)
+    return True

@@ -1,0 +1,223 @@
+"""Where each top-level element of a DICOM file sits, read from the element headers on disk.
+
+The walker reads tags, VRs and lengths only and seeks over every value, so it costs a few bytes of
+memory per element whatever the size of the pixel data. It serves three purposes:
+
+* the header splice needs the byte offset of the first top-level element after the tracking tag
+  (and of an existing tracking element or group length) in the *original* bytes;
+* a value that runs past the end of the file is a truncated file (``TruncatedError``), found before
+  anything is written and without decoding pixel data;
+* anything that does not follow the plain Part 5 layout (unknown VR bytes, an implicit/explicit
+  switch at the top level, tags out of order, a delimiter where an element should be) raises
+  ``IrregularError``: the caller then leaves the file to pydicom's more forgiving full rewrite instead
+  of splicing bytes it does not understand.
+
+Nothing here decodes a value, so nothing here can leak a header value into a message.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_DELIMITER_GROUP = 0xFFFE
+_META_GROUP = 0x0002
+# Sequences nested deeper than this are not seen in real files; a hostile file could recurse
+# until the interpreter's stack runs out.
+_MAX_DEPTH = 24
+
+_VR_BYTES = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
+_LONG_VR_BYTES = frozenset(str(vr).encode("ascii") for vr in EXPLICIT_VR_LENGTH_32)
+
+
+class StructureError(Exception):
+    """The element structure cannot be walked; see the subclasses."""
+
+
+class TruncatedError(StructureError):
+    """An element header or value runs past the end of the data."""
+
+
+class IrregularError(StructureError):
+    """The bytes do not follow the layout the splice relies on (a full rewrite may still work)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    """One top-level element: its tag and where its bytes are (``length`` may be undefined)."""
+
+    tag: int
+    start: int  # offset of the first byte of the element header
+    value_offset: int
+    length: int  # UNDEFINED_LENGTH for an undefined-length element
+    end: int  # offset just past the element (after the delimiter for undefined length)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The top-level structure of one DICOM dataset stream."""
+
+    implicit_vr: bool
+    little_endian: bool
+    dataset_start: int  # first byte after the preamble, prefix and file meta group
+    size: int
+    elements: tuple[Element, ...]  # in file order, strictly ascending tags
+
+
+class _Walker:
+    def __init__(self, fp: BinaryIO, size: int, little_endian: bool) -> None:
+        self._fp = fp
+        self._size = size
+        endian = "<" if little_endian else ">"
+        self._tag_length = struct.Struct(f"{endian}HHL")
+        self._tag_vr_short = struct.Struct(f"{endian}HH2sH")
+        self._long = struct.Struct(f"{endian}L")
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def seek(self, offset: int) -> None:
+        self._fp.seek(offset)
+
+    def read(self, count: int) -> bytes:
+        data = self._fp.read(count)
+        if len(data) < count:
+            raise TruncatedError
+        return data
+
+    def skip(self, count: int) -> None:
+        target = self._fp.tell() + count
+        if target > self._size:
+            raise TruncatedError
+        self._fp.seek(target)
+
+    def tag_and_length(self) -> tuple[int, int]:
+        """Item and delimiter headers: tag + 4-byte length, no VR in any encoding."""
+        group, elem, length = self._tag_length.unpack(self.read(8))
+        return group << 16 | elem, length
+
+    def element_header(self, implicit: bool) -> tuple[int, bytes | None, int]:
+        """Read one element header; return tag, VR bytes (None if implicit) and length."""
+        raw = self.read(8)
+        if implicit:
+            group, elem, length = self._tag_length.unpack(raw)
+            return group << 16 | elem, None, length
+        group, elem, vr, length = self._tag_vr_short.unpack(raw)
+        if group == _DELIMITER_GROUP:
+            # Items and delimiters never carry a VR; report them as the tag + 4-byte length form.
+            group, elem, length = self._tag_length.unpack(raw)
+            return group << 16 | elem, None, length
+        if vr not in _VR_BYTES:
+            raise IrregularError
+        if vr in _LONG_VR_BYTES:
+            (length,) = self._long.unpack(self.read(4))
+        return group << 16 | elem, vr, length
+
+    def looks_explicit(self) -> bool:
+        """Peek at the next element: do bytes 4-5 hold a known VR?"""
+        start = self._fp.tell()
+        raw = self._fp.read(6)
+        self._fp.seek(start)
+        return len(raw) == 6 and raw[4:6] in _VR_BYTES
+
+    def items(self, implicit: bool, depth: int) -> None:
+        """Skip the items of an undefined-length value, up to and including its delimiter."""
+        if depth > _MAX_DEPTH:
+            raise IrregularError
+        while True:
+            tag, length = self.tag_and_length()
+            if tag == _SEQUENCE_END:
+                return
+            if tag != _ITEM:
+                raise IrregularError
+            if length == UNDEFINED_LENGTH:
+                self.nested_dataset(implicit, depth)
+            else:
+                self.skip(length)
+
+    def nested_dataset(self, implicit: bool, depth: int) -> None:
+        """Skip an undefined-length item's dataset, up to and including its delimiter."""
+        # Some writers switch encoding inside sequences (and UN content is implicit VR by the
+        # standard); decide per item from its first element, as pydicom does.
+        implicit = not self.looks_explicit()
+        while True:
+            start = self._fp.tell()
+            tag, length = self.tag_and_length()
+            if tag == _ITEM_END:
+                return
+            if tag >> 16 == _DELIMITER_GROUP:
+                raise IrregularError
+            self.seek(start)
+            _, vr, length = self.element_header(implicit)
+            if length == UNDEFINED_LENGTH:
+                self.items(implicit or vr == b"UN", depth + 1)
+            else:
+                self.skip(length)
+
+
+def meta_end(fp: BinaryIO, size: int, start: int) -> int:
+    """Offset of the first byte after the file meta group (0002,eeee) that begins at ``start``.
+
+    The meta group is always explicit VR little endian. Raises ``TruncatedError`` or ``IrregularError``.
+    """
+    walker = _Walker(fp, size, little_endian=True)
+    walker.seek(start)
+    position = start
+    while size - position >= 8:
+        group = struct.unpack("<H", walker.read(2))[0]
+        walker.seek(position)
+        if group != _META_GROUP:
+            break
+        _, _, length = walker.element_header(implicit=False)
+        if length == UNDEFINED_LENGTH:
+            raise IrregularError
+        walker.skip(length)
+        position = walker.tell()
+    return position
+
+
+def walk_dataset(
+    fp: BinaryIO, size: int, start: int, *, implicit_vr: bool, little_endian: bool
+) -> Layout:
+    """Walk the top-level elements from ``start`` to the end of the data.
+
+    Raises ``TruncatedError`` when a header or value runs past ``size`` (including a partial header at
+    the end) and ``IrregularError`` when the bytes do not follow the expected encoding or tag order.
+    """
+    walker = _Walker(fp, size, little_endian)
+    walker.seek(start)
+    elements: list[Element] = []
+    previous = -1
+    position = start
+    while position < size:
+        tag, vr, length = walker.element_header(implicit_vr)
+        if tag >> 16 == _DELIMITER_GROUP or tag <= previous:
+            raise IrregularError
+        value_offset = walker.tell()
+        if length == UNDEFINED_LENGTH:
+            walker.items(implicit_vr or vr == b"UN", depth=1)
+        else:
+            walker.skip(length)
+        end = walker.tell()
+        elements.append(Element(tag, position, value_offset, length, end))
+        previous = tag
+        position = end
+    return Layout(implicit_vr, little_endian, start, size, tuple(elements))
+
+
+def walk_file(fp: BinaryIO, size: int, *, implicit_vr: bool, little_endian: bool) -> Layout:
+    """Walk a whole file: optional preamble and ``DICM``, the meta group, then the dataset."""
+    fp.seek(0)
+    head = fp.read(132)
+    start = 132 if len(head) == 132 and head[128:132] == b"DICM" else 0
+    dataset_start = meta_end(fp, size, start)
+    return walk_dataset(
+        fp, size, dataset_start, implicit_vr=implicit_vr, little_endian=little_endian
+    )

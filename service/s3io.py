@@ -1,0 +1,205 @@
+"""S3 adapter: stream objects to and from local files, write-once uploads, small text objects.
+
+Memory stays bounded: downloads stream in 1 MiB chunks, uploads above ``multipart_threshold``
+go in parts of ``part_size`` bytes (one part in memory at a time per call), each part and small
+object with a SHA-256 checksum that S3 verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions
+
+from service.errors import PermanentError, RetryableError, Stage
+from service.retry import aws_retry, is_transient_aws_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One object version: the version id when the bucket is versioned, else the ETag."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+
+
+class ObjectStore:
+    """Reads and writes S3 objects through one boto3 client."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        *,
+        multipart_threshold: int = 64 * 1024**2,
+        part_size: int = 16 * 1024**2,
+    ) -> None:
+        self._s3 = client
+        self._threshold = multipart_threshold
+        self._part_size = part_size
+
+    def download(self, ref: ObjectRef, path: Path) -> int:
+        """Stream the exact object version to ``path``; return its size.
+
+        Raises ``PermanentError`` ERRL1002 when that version is gone (deleted or overwritten),
+        ``RetryableError`` ERRS1002 when S3 stays unavailable after retries.
+        """
+        try:
+            return self._download(ref, path)
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "NoSuchVersion", "404", "PreconditionFailed", "412"):
+                raise PermanentError("ERRL1002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
+            raise _unavailable("ERRS1002", exc, Stage.DOWNLOAD) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _unavailable("ERRS1002", exc, Stage.DOWNLOAD) from exc
+
+    @aws_retry
+    def _download(self, ref: ObjectRef, path: Path) -> int:
+        args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version_id:
+            args["VersionId"] = ref.version_id
+        elif ref.etag:
+            args["IfMatch"] = f'"{ref.etag}"'
+        response = self._s3.get_object(**args)
+        size = 0
+        with open(path, "wb") as out:
+            for chunk in response["Body"].iter_chunks(_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        return size
+
+    def head(self, bucket: str, key: str) -> Mapping[str, str] | None:
+        """The object's user metadata, or None when there is no such object."""
+        try:
+            response = self._head(bucket, key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _unavailable("ERRS1003", exc, Stage.QUARANTINE) from exc
+        return response.get("Metadata", {})
+
+    @aws_retry
+    def _head(self, bucket: str, key: str) -> Any:
+        return self._s3.head_object(Bucket=bucket, Key=key)
+
+    def upload_once(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> bool:
+        """Write ``path`` to ``bucket/key`` unless an object is already there; never overwrite.
+
+        Returns True when written now, False when the key already existed (the caller decides
+        whether the existing object is its own earlier attempt). Raises ``RetryableError`` ERRS1003
+        when S3 stays unavailable.
+        """
+        try:
+            if path.stat().st_size < self._threshold:
+                self._put_small(path, bucket, key, metadata)
+            else:
+                self._put_multipart(path, bucket, key, metadata)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise _unavailable("ERRS1003", exc, Stage.QUARANTINE) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _unavailable("ERRS1003", exc, Stage.QUARANTINE) from exc
+        return True
+
+    @aws_retry
+    def _put_small(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> None:
+        with open(path, "rb") as body:
+            self._s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                Metadata=dict(metadata),
+                IfNoneMatch="*",
+                ChecksumSHA256=_sha256_file(path),
+            )
+
+    def _put_multipart(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> None:
+        upload_id = self._create_multipart(bucket, key, metadata)
+        try:
+            parts = []
+            with open(path, "rb") as body:
+                number = 1
+                while chunk := body.read(self._part_size):
+                    parts.append(self._upload_part(bucket, key, upload_id, number, chunk))
+                    number += 1
+            self._complete_multipart(bucket, key, upload_id, parts)
+        except BaseException:
+            self._abort_multipart(bucket, key, upload_id)
+            raise
+
+    @aws_retry
+    def _create_multipart(self, bucket: str, key: str, metadata: Mapping[str, str]) -> str:
+        response = self._s3.create_multipart_upload(
+            Bucket=bucket, Key=key, Metadata=dict(metadata), ChecksumAlgorithm="SHA256"
+        )
+        return response["UploadId"]
+
+    @aws_retry
+    def _upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, chunk: bytes
+    ) -> dict[str, Any]:
+        checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+        response = self._s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=chunk,
+            ChecksumSHA256=checksum,
+        )
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+    @aws_retry
+    def _complete_multipart(self, bucket: str, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        self._s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            IfNoneMatch="*",
+        )
+
+    def _abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        # If this fails too, the bucket's lifecycle rule for incomplete uploads cleans up.
+        with contextlib.suppress(botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+    def put_text(self, bucket: str, key: str, text: str) -> None:
+        """Write a small UTF-8 text object (error logs). Raises ``RetryableError`` ERRS1011."""
+        try:
+            self._put_text(bucket, key, text)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise _unavailable("ERRS1011", exc, Stage.NOTIFY) from exc
+
+    @aws_retry
+    def _put_text(self, bucket: str, key: str, text: str) -> None:
+        self._s3.put_object(
+            Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/plain; charset=utf-8"
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as body:
+        while chunk := body.read(_CHUNK):
+            digest.update(chunk)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def _unavailable(code: str, exc: BaseException, stage: Stage) -> RetryableError:
+    transient = "transient" if is_transient_aws_error(exc) else "non-transient"
+    return RetryableError(code, f"S3 call failed ({type(exc).__name__}, {transient})", stage)

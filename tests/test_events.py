@@ -1,0 +1,88 @@
+"""Event parsing: the three accepted shapes, test events, decoding, malformed bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from service.events import MalformedMessageError, parse_message
+
+
+def s3_record(key: str, event: str = "ObjectCreated:Put", **obj: Any) -> dict[str, Any]:
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventTime": "2026-11-01T10:00:00.000Z",
+        "eventName": event,
+        "s3": {"bucket": {"name": "src"}, "object": {"key": key, "size": 10, "eTag": "abc", **obj}},
+    }
+
+
+def test_direct_s3_event_gives_decoded_key_and_etag() -> None:
+    body = json.dumps({"Records": [s3_record("subjecteventcrffile%2F1%2F101%2FCT+Scan%2Fv1%2Bx.dcm")]})
+    (obj,) = parse_message(body).objects
+    assert obj.key == "subjecteventcrffile/1/101/CT Scan/v1+x.dcm"
+    assert (obj.bucket, obj.etag, obj.size, obj.version_id) == ("src", "abc", 10, None)
+    assert obj.event_time.isoformat() == "2026-11-01T10:00:00+00:00"
+
+
+def test_several_records_and_non_creation_records() -> None:
+    body = json.dumps({"Records": [s3_record("a"), s3_record("b", "ObjectRemoved:Delete"), s3_record("c")]})
+    parsed = parse_message(body)
+    assert [o.key for o in parsed.objects] == ["a", "c"]
+    assert parsed.ignored == 1
+
+
+def test_version_id_wins_over_etag() -> None:
+    body = json.dumps({"Records": [s3_record("a", versionId="v-123")]})
+    (obj,) = parse_message(body).objects
+    assert obj.version_or_etag == "v-123"
+
+
+def test_sns_wrapped_event() -> None:
+    inner = json.dumps({"Records": [s3_record("x%2Fy+z")]})
+    body = json.dumps({"Type": "Notification", "MessageId": "m", "Message": inner})
+    (obj,) = parse_message(body).objects
+    assert obj.key == "x/y z"
+
+
+def test_eventbridge_object_created() -> None:
+    body = json.dumps({
+        "version": "0", "detail-type": "Object Created", "source": "aws.s3",
+        "time": "2026-11-01T10:00:00Z", "unknown-field": 1,
+        "detail": {"version": "0", "bucket": {"name": "src"},
+                   "object": {"key": "a+b", "size": 3, "etag": "e1", "version-id": "v9"}},
+    })
+    (obj,) = parse_message(body).objects
+    assert (obj.key, obj.version_id, obj.etag) == ("a b", "v9", "e1")
+
+
+def test_eventbridge_other_detail_type_is_ignored() -> None:
+    body = json.dumps({"detail-type": "Object Deleted", "source": "aws.s3", "detail": {}})
+    assert parse_message(body).objects == ()
+
+
+def test_s3_test_event_is_ignored() -> None:
+    body = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "src"})
+    parsed = parse_message(body)
+    assert parsed.objects == () and parsed.ignored == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        "[1, 2]",
+        json.dumps({"hello": "world"}),
+        json.dumps({"Records": []}),
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]}),
+        json.dumps({"Records": [s3_record("")]}),
+        json.dumps({"Type": "Notification", "Message": "{not json"}),
+        json.dumps({"Records": [{**s3_record("a"), "eventTime": "yesterday"}]}),
+    ],
+)
+def test_malformed_bodies_raise(body: str) -> None:
+    with pytest.raises(MalformedMessageError):
+        parse_message(body)

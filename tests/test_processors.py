@@ -1,0 +1,484 @@
+"""Single-file stamping: header splice, full-rewrite fallback, classification and verification.
+
+Uses pydicom's bundled test files (local, no download) and files generated in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import tracemalloc
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filereader import data_element_offset_to_value
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+from service.errors import PermanentError, Stage
+from service.processors import DEFAULT_TRACKING_TAG, process_upload
+from service.processors.base import SeriesKey, SeriesSummary
+from service.processors.splice import encode_element, encode_value
+
+TRACKING = DEFAULT_TRACKING_TAG
+ATRIUID = "1.2.826.0.1.3680043.10.1234.77"  # odd length: exercises the padding
+
+
+class Allocator:
+    """Records every call and hands out one UID per series."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[SeriesSummary, ...]] = []
+
+    def __call__(self, series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]:
+        self.calls.append(tuple(series))
+        if len(series) == 1:
+            return {series[0].key: ATRIUID}
+        return {summary.key: f"{ATRIUID}.{n}" for n, summary in enumerate(series, start=1)}
+
+
+def data(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    assert path is not None, name
+    return Path(str(path))
+
+
+def read(path: Path, **kwargs: object) -> FileDataset:
+    """dcmread for assertions: the odd test files make pydicom warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, **kwargs)  # type: ignore[arg-type]
+
+
+def element_bytes(value: str, *, implicit: bool, tag: BaseTag = TRACKING, vr: str = "LO") -> bytes:
+    return encode_element(tag, vr, encode_value(value, vr), implicit_vr=implicit)
+
+
+def assert_spliced(src: Path, dst: Path, element: bytes) -> None:
+    """``dst`` is ``src`` with exactly ``element`` inserted somewhere: every other byte equal."""
+    original, stamped = src.read_bytes(), dst.read_bytes()
+    assert len(stamped) == len(original) + len(element)
+    offset = stamped.find(element)
+    assert offset > 132
+    assert stamped[:offset] + stamped[offset + len(element) :] == original
+
+
+def assert_same_elements(src: Path, dst: Path, *, skip: Sequence[int] = ()) -> None:
+    """Every top-level element except the tracking tag (and ``skip``) is equal to the input's."""
+    before, after = read(src, force=True), read(dst)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for element in before:
+            if element.tag in (TRACKING, *skip):
+                continue
+            assert after[element.tag] == element, element.tag
+        assert len(after) == len(before) + (0 if TRACKING in before else 1)
+
+
+def tracking_value(path: Path) -> str:
+    return str(read(path)[TRACKING].value)
+
+
+def stamp(src: Path, tmp_path: Path, **kwargs: object) -> tuple[Path, Allocator, object]:
+    dst = tmp_path / "out.dcm"
+    allocate = Allocator()
+    result = process_upload(src, dst, allocate, **kwargs)  # type: ignore[arg-type]
+    return dst, allocate, result
+
+
+def save(dataset: FileDataset | Dataset, path: Path, **kwargs: object) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset.save_as(path, **kwargs)  # type: ignore[arg-type]
+    return path
+
+
+# --- header splice ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_explicit_little_endian_is_spliced(name: str, tmp_path: Path) -> None:
+    src = data(name)
+    dst, allocate, result = stamp(src, tmp_path, name=name)
+    assert tracking_value(dst) == ATRIUID
+    assert read(dst).PixelData == read(src).PixelData
+    assert_same_elements(src, dst)
+    assert_spliced(src, dst, element_bytes(ATRIUID, implicit=False))
+    assert result.instances_stamped == 1  # type: ignore[attr-defined]
+    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.members == 1  # type: ignore[attr-defined]
+    assert result.issues == ()  # type: ignore[attr-defined]
+    source = read(src)
+    [call] = allocate.calls
+    assert call == (
+        SeriesSummary(
+            SeriesKey(source.StudyInstanceUID, source.SeriesInstanceUID),
+            int(source.SeriesNumber),
+            1,
+        ),
+    )
+
+
+def test_implicit_vr_is_spliced_with_implicit_encoding(tmp_path: Path) -> None:
+    src = data("MR_small_implicit.dcm")
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert tracking_value(dst) == ATRIUID
+    assert_spliced(src, dst, element_bytes(ATRIUID, implicit=True))
+    assert_same_elements(src, dst)
+
+
+@pytest.mark.parametrize(
+    "name", ["JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+)
+def test_encapsulated_pixel_data_is_spliced_untouched(name: str, tmp_path: Path) -> None:
+    src = data(name)
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert tracking_value(dst) == ATRIUID
+    assert read(dst).PixelData == read(src).PixelData
+    assert_spliced(src, dst, element_bytes(ATRIUID, implicit=False))
+
+
+def test_syntax_that_disagrees_with_the_bytes_is_spliced_as_the_bytes_are(tmp_path: Path) -> None:
+    # SC_rgb_jpeg.dcm says JPEG Baseline (explicit VR) but its dataset is implicit VR; pydicom's
+    # writer fails on it, the splice keeps it exactly as readable as it came.
+    src = data("SC_rgb_jpeg.dcm")
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert tracking_value(dst) == ATRIUID
+    assert_spliced(src, dst, element_bytes(ATRIUID, implicit=True))
+
+
+def test_existing_tracking_element_is_replaced_not_duplicated(tmp_path: Path) -> None:
+    source = read(data("CT_small.dcm"))
+    source.add_new(TRACKING, "LO", "OLD-VALUE-THAT-IS-LONGER")
+    src = save(source, tmp_path / "tagged.dcm")
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert tracking_value(dst) == ATRIUID
+    old = element_bytes("OLD-VALUE-THAT-IS-LONGER", implicit=False)
+    new = element_bytes(ATRIUID, implicit=False)
+    stamped = dst.read_bytes()
+    assert stamped.count(TRACKING_HEADER) == 1
+    assert stamped == src.read_bytes().replace(old, new)
+    assert_same_elements(src, dst)
+
+
+TRACKING_HEADER = struct.pack("<HH", 0x0012, 0x0071)
+
+
+def _insert_before(path: Path, after_tag: int, raw: bytes, dst: Path) -> Path:
+    """Write ``path`` with ``raw`` inserted before the first top-level element above ``after_tag``."""
+    dataset = read(path, stop_before_pixels=True)
+    explicit = not dataset.original_encoding[0]
+    for element in dataset.elements():
+        if element.tag > after_tag:
+            raw_element = dataset.get_item(element.tag, keep_deferred=True)
+            offset = raw_element.value_tell - data_element_offset_to_value(  # type: ignore[union-attr]
+                not explicit, raw_element.VR
+            )
+            break
+    original = path.read_bytes()
+    dst.write_bytes(original[:offset] + raw + original[offset:])
+    return dst
+
+
+def test_group_length_of_the_tracking_group_is_corrected(tmp_path: Path) -> None:
+    sponsor = encode_element(Tag(0x0012, 0x0010), "LO", b"SPONSOR ", implicit_vr=False)
+    group_length = encode_element(
+        Tag(0x0012, 0x0000), "UL", struct.pack("<L", len(sponsor)), implicit_vr=False
+    )
+    src = _insert_before(data("CT_small.dcm"), 0x00120010, group_length + sponsor, tmp_path / "gl.dcm")
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    stamped = read(dst)
+    new = element_bytes(ATRIUID, implicit=False)
+    assert stamped[0x00120000].value == len(sponsor) + len(new)
+    assert stamped.ClinicalTrialSponsorName == "SPONSOR"
+    assert tracking_value(dst) == ATRIUID
+    assert_same_elements(src, dst, skip=(0x00120000,))
+
+
+def test_tag_after_every_element_is_appended_at_the_end(tmp_path: Path) -> None:
+    # A header-only file whose last element sorts before the tracking tag.
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    src = save(dataset, tmp_path / "short.dcm", enforce_file_format=True)
+    # The UIDs (group 0x0020) come last, so use a tag that sorts after them: a private creator
+    # slot, not in the dictionary, hence LO.
+    tag = Tag(0x0021, 0x0010)
+    dst, _, result = stamp(src, tmp_path, tracking_tag=tag)
+    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert dst.read_bytes().endswith(element_bytes(ATRIUID, implicit=False, tag=tag))
+    assert str(read(dst)[tag].value) == ATRIUID
+
+
+def test_custom_tracking_tag_uses_dictionary_vr(tmp_path: Path) -> None:
+    tag = Tag(0x0012, 0x0060)  # Clinical Trial Coordinating Center Name, LO
+    dst, _, _ = stamp(data("MR_small.dcm"), tmp_path, tracking_tag=tag)
+    assert read(dst)[tag].VR == "LO"
+    assert read(dst)[tag].value == ATRIUID
+    assert TRACKING not in read(dst)
+
+
+@pytest.mark.parametrize("tag", [Tag(0x7FE0, 0x0010), Tag(0x0002, 0x0010), Tag(0x0028, 0x0010)])
+def test_tag_that_cannot_hold_a_uid_is_a_value_error(tag: BaseTag, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tracking tag"):
+        stamp(data("MR_small.dcm"), tmp_path, tracking_tag=tag)
+
+
+# --- full-rewrite fallback -------------------------------------------------------------------
+
+
+def test_big_endian_takes_the_fallback(tmp_path: Path) -> None:
+    src = data("MR_small_bigendian.dcm")
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 1  # type: ignore[attr-defined]
+    assert result.instances_stamped == 1  # type: ignore[attr-defined]
+    assert tracking_value(dst) == ATRIUID
+    assert read(dst).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+    assert read(dst).PixelData == read(src).PixelData
+    assert_same_elements(src, dst)
+
+
+def test_deflated_takes_the_fallback_and_stays_deflated(tmp_path: Path) -> None:
+    src = data("image_dfl.dcm")
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 1  # type: ignore[attr-defined]
+    assert tracking_value(dst) == ATRIUID
+    assert read(dst).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
+    assert read(dst).PixelData == read(src).PixelData
+    assert_same_elements(src, dst)
+
+
+def test_truncated_deflated_stream_is_corrupt(tmp_path: Path) -> None:
+    original = data("image_dfl.dcm").read_bytes()
+    src = tmp_path / "cut.dcm"
+    src.write_bytes(original[: len(original) - 500])
+    with pytest.raises(PermanentError) as caught:
+        stamp(src, tmp_path)
+    assert caught.value.code == "ERRL2002"
+
+
+@pytest.mark.parametrize("name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"])
+def test_no_meta_takes_the_fallback_and_gains_valid_meta(name: str, tmp_path: Path) -> None:
+    src = data(name)
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 1  # type: ignore[attr-defined]
+    assert dst.read_bytes()[128:132] == b"DICM"
+    stamped = pydicom.dcmread(dst)  # no force: the output is a valid Part 10 file
+    assert stamped[TRACKING].value == ATRIUID
+    assert stamped.file_meta.MediaStorageSOPInstanceUID == stamped.SOPInstanceUID
+    assert "TransferSyntaxUID" in stamped.file_meta
+    assert_same_elements(src, dst)
+
+
+def test_generated_no_meta_implicit_file_takes_the_fallback(tmp_path: Path) -> None:
+    source = read(data("CT_small.dcm"))
+    bare = Dataset()
+    bare.update(source)
+    src = tmp_path / "bare.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pydicom.dcmwrite(src, bare, implicit_vr=True, little_endian=True)
+    assert src.read_bytes()[128:132] != b"DICM"
+    dst, _, result = stamp(src, tmp_path)
+    assert result.fallbacks == 1  # type: ignore[attr-defined]
+    stamped = pydicom.dcmread(dst)
+    assert stamped.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert stamped[TRACKING].value == ATRIUID
+    assert stamped.PixelData == source.PixelData
+
+
+def test_pydicom_no_meta_sample_is_not_dicom(tmp_path: Path) -> None:
+    # pydicom's no_meta.dcm starts with a stray byte: no prefix and nothing pydicom can identify.
+    with pytest.raises(PermanentError) as caught:
+        stamp(data("no_meta.dcm"), tmp_path)
+    assert caught.value.code == "ERRL2001"
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
+def test_truncated_files_are_corrupt(name: str, tmp_path: Path) -> None:
+    allocate = Allocator()
+    with pytest.raises(PermanentError) as caught:
+        process_upload(data(name), tmp_path / "out.dcm", allocate)
+    assert caught.value.code == "ERRL2002"
+    assert caught.value.stage is Stage.PROCESS
+    assert allocate.calls == []
+    assert not (tmp_path / "out.dcm").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"Patient notes: nothing to see here\n" * 20,
+        b"",
+        b"short",
+        bytes(range(256)) * 8,
+        b"%PDF-1.7\n" + b"\0" * 300,
+    ],
+)
+def test_files_that_are_not_dicom(content: bytes, tmp_path: Path) -> None:
+    src = tmp_path / "upload.dcm"
+    src.write_bytes(content)
+    with pytest.raises(PermanentError) as caught:
+        stamp(src, tmp_path)
+    assert caught.value.code == "ERRL2001"
+    assert "Patient" not in str(caught.value)
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
+def test_missing_uid_is_errl2003(keyword: str, tmp_path: Path) -> None:
+    source = read(data("CT_small.dcm"))
+    delattr(source, keyword)
+    src = save(source, tmp_path / "no_uid.dcm")
+    allocate = Allocator()
+    with pytest.raises(PermanentError) as caught:
+        process_upload(src, tmp_path / "out.dcm", allocate)
+    assert caught.value.code == "ERRL2003"
+    assert allocate.calls == []
+
+
+def test_messages_never_quote_header_values(tmp_path: Path) -> None:
+    source = read(data("CT_small.dcm"))
+    source.PatientName = "Doe^Jane"
+    del source.SeriesInstanceUID
+    src = save(source, tmp_path / "phi.dcm")
+    with pytest.raises(PermanentError) as caught:
+        stamp(src, tmp_path)
+    assert "Doe" not in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
+# --- verification and carry-over -------------------------------------------------------------
+
+
+def test_failed_verification_carries_the_file_over_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_splice(src: Path, dst: Path, plan: object, element: bytes) -> None:
+        dst.write_bytes(src.read_bytes()[:-100])  # a writer bug: output cut short
+
+    monkeypatch.setattr("service.processors.instance.splice_bytes", broken_splice)
+    src = data("MR_small.dcm")
+    dst, allocate, result = stamp(src, tmp_path, name="scan.dcm")
+    assert len(allocate.calls) == 1
+    assert result.instances_stamped == 0  # type: ignore[attr-defined]
+    [issue] = result.issues  # type: ignore[attr-defined]
+    assert (issue.member, issue.code) == ("scan.dcm", "ERRL2004")
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_allocator_answer_is_validated_before_writing(tmp_path: Path) -> None:
+    dst = tmp_path / "out.dcm"
+    with pytest.raises(ValueError, match="no tracking UID"):
+        process_upload(data("MR_small.dcm"), dst, lambda series: {})
+    with pytest.raises(ValueError, match="64"):
+        process_upload(data("MR_small.dcm"), dst, lambda s: {s[0].key: "9" * 65})
+    with pytest.raises(ValueError, match="ASCII"):
+        process_upload(data("MR_small.dcm"), dst, lambda s: {s[0].key: "Ünï"})
+    assert not dst.exists()
+
+
+def test_content_decides_the_kind_not_the_name(tmp_path: Path) -> None:
+    src = tmp_path / "looks_like.zip"
+    shutil.copyfile(data("MR_small.dcm"), src)
+    dst, _, result = stamp(src, tmp_path)
+    assert result.members == 1  # type: ignore[attr-defined]
+    assert tracking_value(dst) == ATRIUID
+
+
+# --- bounded memory --------------------------------------------------------------------------
+
+
+def make_large_file(path: Path, pixel_bytes: int) -> None:
+    """An explicit VR LE file: header written by pydicom, then a Pixel Data element appended."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.SeriesNumber = 3
+    dataset.Rows, dataset.Columns, dataset.NumberOfFrames = 512, 512, pixel_bytes // (512 * 512 * 2)
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
+    dataset.SamplesPerPixel, dataset.PixelRepresentation = 1, 0
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    save(dataset, path, enforce_file_format=True)
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    with open(path, "ab") as fp:
+        fp.write(struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes))
+        for _ in range(pixel_bytes // len(chunk)):
+            fp.write(chunk)
+
+
+def test_large_file_is_stamped_in_bounded_memory(tmp_path: Path) -> None:
+    src = tmp_path / "large.dcm"
+    make_large_file(src, 200 * 1024 * 1024)
+    dst = tmp_path / "large_out.dcm"
+    tracemalloc.start()
+    try:
+        result = process_upload(src, dst, Allocator())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.instances_stamped == 1
+    assert result.fallbacks == 0
+    assert peak < 20 * 1024 * 1024, peak
+    assert dst.stat().st_size == src.stat().st_size + len(element_bytes(ATRIUID, implicit=False))
+    assert tracking_value(dst) == ATRIUID
+    with open(src, "rb") as a, open(dst, "rb") as b:
+        a.seek(-4096, 2)
+        b.seek(-4096, 2)
+        assert a.read() == b.read()
+
+
+# --- robustness --------------------------------------------------------------------------------
+
+_MR_SMALL = data("MR_small.dcm").read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 1600), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.integers(200, len(_MR_SMALL)),
+)
+def test_damaged_headers_only_raise_permanent_errors(
+    flips: list[tuple[int, int]], cut: int, tmp_path: Path
+) -> None:
+    damaged = bytearray(_MR_SMALL[:cut])
+    for offset, value in flips:
+        if offset < len(damaged):
+            damaged[offset] = value
+    src = tmp_path / "fuzz.dcm"
+    src.write_bytes(bytes(damaged))
+    dst = tmp_path / "fuzz_out.dcm"
+    try:
+        result = process_upload(src, dst, Allocator())
+    except PermanentError as exc:
+        assert exc.code in {"ERRL2001", "ERRL2002", "ERRL2003"}
+        assert not dst.exists()
+        return
+    if result.instances_stamped:
+        assert tracking_value(dst) == ATRIUID
+    else:
+        assert dst.read_bytes() == src.read_bytes()

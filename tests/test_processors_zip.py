@@ -1,0 +1,338 @@
+"""Zip uploads: member-by-member stamping, carried-over members and hostile archives."""
+
+from __future__ import annotations
+
+import os
+import random
+import tracemalloc
+import warnings
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+
+from service.errors import PermanentError
+from service.processors import DEFAULT_TRACKING_TAG, ProcessResult, process_upload
+from service.processors.base import SeriesKey, SeriesSummary, ZipLimits
+
+TRACKING = DEFAULT_TRACKING_TAG
+README = b"Scans for subject 0042, visit 2.\r\nUploaded by the site coordinator.\r\n"
+DATE = (2024, 5, 17, 10, 30, 42)
+Member = tuple[str, bytes | Path, int]  # name, content, compress_type
+
+
+class Allocator:
+    """Records every call and hands out one UID per series."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[SeriesSummary, ...]] = []
+
+    def __call__(self, series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]:
+        self.calls.append(tuple(series))
+        return {summary.key: f"2.25.1000.{n}" for n, summary in enumerate(series, start=1)}
+
+
+def data(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    assert path is not None, name
+    return Path(str(path))
+
+
+MR700 = sorted(data("dicomdirtests/98892003/MR700/4467").parent.iterdir())
+
+
+def read(path_or_bytes: Path | bytes) -> pydicom.FileDataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if isinstance(path_or_bytes, bytes):
+            return pydicom.dcmread(pydicom.filebase.DicomBytesIO(path_or_bytes), force=True)
+        return pydicom.dcmread(path_or_bytes, force=True)
+
+
+def build_zip(path: Path, members: Sequence[Member]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content, method in members:
+            info = zipfile.ZipInfo(name, DATE)
+            info.compress_type = method
+            info.external_attr = 0o640 << 16
+            payload = content.read_bytes() if isinstance(content, Path) else content
+            archive.writestr(info, payload)
+    return path
+
+
+def run(src: Path, tmp_path: Path, **kwargs: object) -> tuple[Path, Allocator, ProcessResult]:
+    dst = tmp_path / "out.zip"
+    allocate = Allocator()
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    result = process_upload(src, dst, allocate, work_dir=work, **kwargs)  # type: ignore[arg-type]
+    assert list(work.iterdir()) == []  # every temporary file is gone
+    return dst, allocate, result
+
+
+def rejected(src: Path, tmp_path: Path, **kwargs: object) -> str:
+    """Run an upload that must fail as a whole; return its code."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    dst = tmp_path / "out.zip"
+    allocate = Allocator()
+    with pytest.raises(PermanentError) as caught:
+        process_upload(src, dst, allocate, work_dir=work, **kwargs)  # type: ignore[arg-type]
+    assert not dst.exists()
+    assert list(work.iterdir()) == []
+    assert allocate.calls == []
+    return caught.value.code
+
+
+# --- the happy path ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def series_zip(tmp_path: Path) -> Path:
+    members: list[Member] = [("study/", b"", zipfile.ZIP_STORED)]
+    members += [(f"study/MR700/{p.name}", p, zipfile.ZIP_DEFLATED) for p in MR700]
+    members.insert(3, ("study/README.txt", README, zipfile.ZIP_DEFLATED))
+    members.append(("study/extra/MR_small.dcm", data("MR_small.dcm"), zipfile.ZIP_STORED))
+    return build_zip(tmp_path / "upload.zip", members)
+
+
+def test_series_zip_is_stamped_member_by_member(series_zip: Path, tmp_path: Path) -> None:
+    dst, allocate, result = run(series_zip, tmp_path)
+    with zipfile.ZipFile(series_zip) as before, zipfile.ZipFile(dst) as after:
+        assert after.testzip() is None
+        inputs, outputs = before.infolist(), after.infolist()
+        assert [i.filename for i in outputs] == [i.filename for i in inputs]
+        assert [i.date_time for i in outputs] == [DATE] * len(inputs)
+        assert [i.compress_type for i in outputs] == [i.compress_type for i in inputs]
+        assert [i.external_attr for i in outputs] == [i.external_attr for i in inputs]
+        assert after.read("study/README.txt") == README
+        expected = {s.key: f"2.25.1000.{n}" for n, s in enumerate(allocate.calls[0], start=1)}
+        for info in inputs:
+            if not info.filename.endswith(("/", ".txt")):
+                original, stamped = read(before.read(info)), read(after.read(info.filename))
+                key = SeriesKey(original.StudyInstanceUID, original.SeriesInstanceUID)
+                assert stamped[TRACKING].value == expected[key]
+                assert stamped.PixelData == original.PixelData
+
+    [call] = allocate.calls
+    mr700, mr_small = read(MR700[0]), read(data("MR_small.dcm"))
+    assert [s.key for s in call] == [
+        SeriesKey(mr700.StudyInstanceUID, mr700.SeriesInstanceUID),
+        SeriesKey(mr_small.StudyInstanceUID, mr_small.SeriesInstanceUID),
+    ]
+    assert [s.number_of_instances for s in call] == [7, 1]
+    assert call[0].series_number == int(mr700.SeriesNumber)
+    assert result.series == call
+    assert result.instances_stamped == 8
+    assert result.members == 10
+    assert result.fallbacks == 0
+    [issue] = result.issues
+    assert (issue.member, issue.code) == ("study/README.txt", "ERRL3005")
+
+
+def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) -> None:
+    truncated = data("MR_truncated.dcm")
+    src = build_zip(
+        tmp_path / "mixed.zip",
+        [
+            ("__MACOSX/._MR_small.dcm", b"\0\5\26\7AppleDouble", zipfile.ZIP_DEFLATED),
+            (".DS_Store", b"\0\0\0\1Bud1", zipfile.ZIP_STORED),
+            ("cut.dcm", truncated, zipfile.ZIP_DEFLATED),
+            ("good.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED),
+            ("big_endian.dcm", data("MR_small_bigendian.dcm"), zipfile.ZIP_STORED),
+        ],
+    )
+    dst, allocate, result = run(src, tmp_path)
+    assert [(i.member, i.code) for i in result.issues] == [
+        ("__MACOSX/._MR_small.dcm", "ERRL3005"),
+        (".DS_Store", "ERRL3005"),
+        ("cut.dcm", "ERRL2002"),
+    ]
+    assert result.instances_stamped == 2
+    assert result.fallbacks == 1
+    with zipfile.ZipFile(dst) as after:
+        assert after.read("cut.dcm") == truncated.read_bytes()
+        assert after.read(".DS_Store") == b"\0\0\0\1Bud1"
+        assert read(after.read("big_endian.dcm"))[TRACKING].value.startswith("2.25.1000.")
+
+
+def test_zip_with_only_broken_dicom_is_rejected_with_their_code(tmp_path: Path) -> None:
+    src = build_zip(tmp_path / "bad.zip", [("cut.dcm", data("MR_truncated.dcm"), 8)])
+    assert rejected(src, tmp_path) == "ERRL2002"
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("README.txt", README, zipfile.ZIP_DEFLATED), ("notes.csv", b"a,b\n1,2\n", 0)],
+        [("folder/", b"", zipfile.ZIP_STORED)],
+        [],
+    ],
+)
+def test_zip_without_dicom_is_errl3006(members: list[Member], tmp_path: Path) -> None:
+    assert rejected(build_zip(tmp_path / "text.zip", members), tmp_path) == "ERRL3006"
+
+
+def test_single_dicom_upload_named_zip_is_still_dicom(tmp_path: Path) -> None:
+    src = tmp_path / "upload.zip"
+    src.write_bytes(data("CT_small.dcm").read_bytes())
+    dst, _, result = run(src, tmp_path)
+    assert result.members == 1
+    assert read(dst)[TRACKING].value == "2.25.1000.1"
+
+
+# --- hostile archives --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../evil.dcm", "/abs.dcm", "C:\\temp\\x.dcm", "C:x.dcm", "\\\\server\\x.dcm",
+     "a/../../x.dcm", "a\\..\\..\\x.dcm"],
+)
+def test_escaping_member_names_are_errl3002(name: str, tmp_path: Path) -> None:
+    src = build_zip(
+        tmp_path / "evil.zip",
+        [("ok.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED), (name, b"payload", 0)],
+    )
+    with zipfile.ZipFile(src) as archive:
+        assert archive.namelist()[1] == name  # zipfile kept the hostile name as given
+    assert rejected(src, tmp_path) == "ERRL3002"
+
+
+def test_too_many_members_is_errl3003(tmp_path: Path) -> None:
+    members = [(f"{n}.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED) for n in range(4)]
+    src = build_zip(tmp_path / "many.zip", members)
+    assert rejected(src, tmp_path, limits=ZipLimits(max_members=3)) == "ERRL3003"
+
+
+def test_total_expanded_size_limit_is_errl3003(tmp_path: Path) -> None:
+    members = [(f"{n}.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED) for n in range(3)]
+    src = build_zip(tmp_path / "big.zip", members)
+    limit = 2 * data("MR_small.dcm").stat().st_size
+    assert rejected(src, tmp_path, limits=ZipLimits(max_total_uncompressed=limit)) == "ERRL3003"
+
+
+def test_ratio_bomb_is_errl3003(tmp_path: Path) -> None:
+    src = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(src, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("MR_small.dcm", data("MR_small.dcm").read_bytes())
+        with archive.open("zeros.dcm", "w") as member:
+            zeros = bytes(1024 * 1024)
+            for _ in range(50):
+                member.write(zeros)
+    assert src.stat().st_size < 1024 * 1024
+    assert rejected(src, tmp_path) == "ERRL3003"
+
+
+def test_lying_size_header_cannot_expand_past_it(tmp_path: Path) -> None:
+    src = tmp_path / "liar.zip"
+    payload = os.urandom(64 * 1024)
+    with zipfile.ZipFile(src, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("a.dcm", payload)
+    raw = bytearray(src.read_bytes())
+    # Declare 1 KiB in both the local header and the central directory.
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = raw.find(signature) + offset
+        raw[at : at + 4] = (1024).to_bytes(4, "little")
+    src.write_bytes(bytes(raw))
+    assert rejected(src, tmp_path) in {"ERRL3001", "ERRL3003"}
+
+
+def test_nested_zip_by_name_is_errl3004(tmp_path: Path) -> None:
+    inner = build_zip(tmp_path / "inner.zip", [("a.dcm", data("MR_small.dcm"), 8)])
+    src = build_zip(
+        tmp_path / "outer.zip",
+        [("a.dcm", data("MR_small.dcm"), 8), ("more/inner.ZIP", inner, zipfile.ZIP_STORED)],
+    )
+    assert rejected(src, tmp_path) == "ERRL3004"
+
+
+def test_nested_zip_by_content_is_errl3004(tmp_path: Path) -> None:
+    inner = build_zip(tmp_path / "inner.zip", [("a.dcm", data("MR_small.dcm"), 8)])
+    src = build_zip(
+        tmp_path / "outer.zip",
+        [("a.dcm", data("MR_small.dcm"), 8), ("images.bin", inner, zipfile.ZIP_DEFLATED)],
+    )
+    assert rejected(src, tmp_path) == "ERRL3004"
+
+
+def test_encrypted_member_is_errl3007(tmp_path: Path) -> None:
+    src = build_zip(tmp_path / "locked.zip", [("a.dcm", data("MR_small.dcm"), 8)])
+    raw = bytearray(src.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        raw[raw.find(signature) + offset] |= 0x01
+    src.write_bytes(bytes(raw))
+    assert rejected(src, tmp_path) == "ERRL3007"
+
+
+def test_corrupt_zip_is_errl3001(tmp_path: Path) -> None:
+    src = tmp_path / "corrupt.zip"
+    src.write_bytes(b"PK\x03\x04" + random.Random(7).randbytes(4096))
+    assert rejected(src, tmp_path) == "ERRL3001"
+
+
+def test_bad_crc_is_errl3001(tmp_path: Path) -> None:
+    src = build_zip(tmp_path / "crc.zip", [("a.dcm", data("MR_small.dcm"), zipfile.ZIP_STORED)])
+    raw = bytearray(src.read_bytes())
+    raw[raw.find(b"PK\x03\x04") + 30 + len("a.dcm") + 5000] ^= 0xFF  # flip a pixel byte
+    src.write_bytes(bytes(raw))
+    assert rejected(src, tmp_path) == "ERRL3001"
+
+
+# --- bounded memory ----------------------------------------------------------------------------
+
+
+def test_large_stored_member_streams_in_bounded_memory(tmp_path: Path) -> None:
+    from tests.test_processors import make_large_file
+
+    large = tmp_path / "large.dcm"
+    make_large_file(large, 64 * 1024 * 1024)
+    src = tmp_path / "large.zip"
+    with zipfile.ZipFile(src, "w", zipfile.ZIP_STORED) as archive:
+        archive.write(large, "large.dcm")
+        archive.write(data("MR_small.dcm"), "small.dcm")
+    large.unlink()
+    tracemalloc.start()
+    try:
+        dst, _, result = run(src, tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.instances_stamped == 2
+    assert peak < 20 * 1024 * 1024, peak
+    with zipfile.ZipFile(dst) as after:
+        assert [i.compress_type for i in after.infolist()] == [zipfile.ZIP_STORED] * 2
+
+
+# --- robustness --------------------------------------------------------------------------------
+
+_SMALL_ZIP_MEMBERS: list[Member] = [
+    ("a.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED),
+    ("b.txt", README, zipfile.ZIP_STORED),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
+def test_damaged_zips_only_raise_permanent_errors(
+    flips: list[tuple[int, int]], tmp_path: Path
+) -> None:
+    original = build_zip(tmp_path / "fuzz_src.zip", _SMALL_ZIP_MEMBERS).read_bytes()
+    damaged = bytearray(original)
+    for offset, value in flips:
+        damaged[offset % len(damaged)] = value
+    src = tmp_path / "fuzz.zip"
+    src.write_bytes(bytes(damaged))
+    dst = tmp_path / "fuzz_out.zip"
+    try:
+        result = process_upload(src, dst, Allocator(), work_dir=tmp_path)
+    except PermanentError as exc:
+        assert exc.code.startswith(("ERRL2", "ERRL3"))
+        assert not dst.exists()
+        return
+    assert result.members >= 1
