@@ -147,7 +147,7 @@ def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) ->
             ("big_endian.dcm", data("MR_small_bigendian.dcm"), zipfile.ZIP_STORED),
         ],
     )
-    dst, allocate, result = run(src, tmp_path)
+    dst, _, result = run(src, tmp_path)
     assert [(i.member, i.code) for i in result.issues] == [
         ("__MACOSX/._MR_small.dcm", "ERRL3005"),
         (".DS_Store", "ERRL3005"),

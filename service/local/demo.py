@@ -8,7 +8,9 @@ files and prints what reached quarantine. Ctrl-C stops everything and removes th
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -93,9 +95,12 @@ def embedded_stack(user_settings: Settings, workdir: Path) -> Iterator[LocalStac
 
 def run_local(user_settings: Settings, *, once: bool, demo: bool, timeout_s: float) -> int:
     """The ``local`` command."""
+    settled = True
     workdir = Path(tempfile.mkdtemp(prefix="edc-local-"))
-    log_path = workdir / "worker.log"
-    with open(log_path, "w", buffering=1) as log_file:
+    log_path = Path(tempfile.gettempdir()) / f"{workdir.name}-worker.log"
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
+        log_file = cleanup.enter_context(open(log_path, "w", buffering=1))
         configure_logging(user_settings.log_level, "json", stream=log_file)
         print("Starting the embedded stack (moto server + throwaway PostgreSQL)...", flush=True)
         with embedded_stack(user_settings, workdir) as stack:
@@ -111,6 +116,10 @@ def run_local(user_settings: Settings, *, once: bool, demo: bool, timeout_s: flo
                     rows = _wait_for_jobs(stack.settings, [u.key for u in uploads], timeout_s)
                     elapsed = time.monotonic() - started
                     _print_table(rows, uploads, elapsed)
+                    _print_reports(stack)
+                    settled = all(r["status"] in ("Completed", "Failed") for r in rows) and len(rows) == len(
+                        uploads
+                    )
                 if not once:
                     stop = threading.Event()
                     install_stop_handlers(stop.set)
@@ -126,8 +135,8 @@ def run_local(user_settings: Settings, *, once: bool, demo: bool, timeout_s: flo
                 app.worker.stop()
                 runner.join(timeout=stack.settings.shutdown_grace_s + 10)
                 app.close()
-    print("Stopped; temporary data removed.")
-    return 0
+    print(f"Stopped; temporary data removed. The worker log stays at {log_path}")
+    return 0 if settled else 1
 
 
 def _has_edc_schema(url: str) -> bool:
@@ -209,3 +218,23 @@ def _print_table(rows: list[dict[str, Any]], uploads: list[SampleUpload], elapse
         f"\n{done}/{len(uploads)} jobs settled in {elapsed:.1f} s "
         f"(includes the {DEMO_OVERRIDES['REPLICA_LAG_MAX_S']} s replica-lag window of the last file)."
     )
+
+
+def _print_reports(stack: LocalStack) -> None:
+    s3, sqs = aws_client("s3", stack.endpoint), aws_client("sqs", stack.endpoint)
+    bucket = stack.names.error_log_bucket
+    logs = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    print(f"\nError logs ({len(logs)}):")
+    for key in sorted(logs):
+        print(f"  s3://{bucket}/{key}")
+    inbox = sqs.get_queue_url(QueueName=stack.names.admin_inbox)["QueueUrl"]
+    subjects = []
+    while batch := sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10).get("Messages", []):
+        subjects += [json.loads(m["Body"]).get("Subject", "") for m in batch]
+        sqs.delete_message_batch(
+            QueueUrl=inbox,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
+        )
+    print(f"Admin notifications ({len(subjects)}):")
+    for subject in sorted(subjects):
+        print(f"  {subject}")

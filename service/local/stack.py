@@ -7,6 +7,7 @@ against exactly what a developer sees.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from dataclasses import dataclass
 from importlib import resources
@@ -34,6 +35,8 @@ class MotoServer:
     def start(self) -> str:
         """Start the server and return its endpoint URL."""
         from moto.server import ThreadedMotoServer
+        # One access-log line per request would drown the demo output.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

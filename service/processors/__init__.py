@@ -65,9 +65,14 @@ logging.getLogger("pydicom").propagate = False
 
 
 def is_zip(path: Path) -> bool:
-    """True when ``path`` starts with a zip local file header or an empty zip's end record."""
+    """True when ``path`` starts with a zip local file header or an empty zip's end record.
+
+    A file with ``DICM`` at offset 128 is DICOM whatever its preamble holds (the preamble is free
+    for applications to use, so it may start with zip magic).
+    """
     with open(path, "rb") as fp:
-        return fp.read(4) in ZIP_MAGICS
+        head = fp.read(132)
+    return head[:4] in ZIP_MAGICS and head[128:132] != b"DICM"
 
 
 def _process_file(

@@ -215,7 +215,9 @@ def _out_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
 class _Writer:
     """The write pass: one output member per input member, in order."""
 
-    def __init__(self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, work: Path, limit: int):
+    def __init__(
+        self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, work: Path, limit: int
+    ) -> None:
         self.zin, self.zout, self.work = zin, zout, work
         self.budget = _Budget(limit)
         self.stamped = 0

@@ -9,6 +9,7 @@ no pydicom text rides along in ``__context__``), and lets only real operating-sy
 
 from __future__ import annotations
 
+import errno
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,9 @@ EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 # small deflate bomb cannot take the worker's memory.
 MAX_INFLATED_BYTES = 512 * 1024 * 1024
 _INFLATE_CHUNK = 1024 * 1024
+# Values above this size are skipped, not read, while parsing headers: a garbage undefined-length
+# element in a non-DICOM file would otherwise be read whole into memory.
+_DEFER = 64 * 1024
 
 
 def fail(code: str, message: str) -> PermanentError:
@@ -39,8 +43,12 @@ def fail(code: str, message: str) -> PermanentError:
 
 
 def is_os_fault(exc: BaseException) -> bool:
-    """True for a real operating-system error; pydicom raises bare ``OSError(msg)`` on bad data."""
-    return isinstance(exc, OSError) and exc.errno is not None
+    """True for a real operating-system error (disk full, I/O error, permissions).
+
+    Not for pydicom's bare ``OSError(msg)`` on bad data, nor for ``EINVAL``, which readers raise
+    when hostile bytes make them seek to a negative offset.
+    """
+    return isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL)
 
 
 @contextmanager
@@ -64,7 +72,9 @@ def read_header(path: Path, last_tag: int, tags: Sequence[int]) -> Dataset | Non
 
     try:
         with quiet(), open(path, "rb") as fp:
-            return read_partial(fp, stop_when=past_last, force=True, specific_tags=list(tags))
+            return read_partial(
+                fp, stop_when=past_last, defer_size=_DEFER, force=True, specific_tags=list(tags)
+            )
     except Exception as exc:
         if is_os_fault(exc):
             raise
