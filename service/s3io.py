@@ -89,7 +89,7 @@ class ObjectStore:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise _unavailable("ERRS1003", exc, Stage.QUARANTINE) from exc
-        return response.get("Metadata", {})
+        return {str(k): str(v) for k, v in response.get("Metadata", {}).items()}
 
     @aws_retry
     def _head(self, bucket: str, key: str) -> Any:

@@ -113,7 +113,7 @@ class Queue:
     @aws_retry
     def _attributes(self) -> dict[str, str]:
         response = self._sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["RedrivePolicy"])
-        return dict(response.get("Attributes", {}))
+        return {str(name): value for name, value in response.get("Attributes", {}).items()}
 
     @aws_retry
     def send(self, body: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from service.db import Database
 from service.edc import EdcRecord
@@ -147,7 +148,7 @@ class TrackingStore:
                 " WHERE source_bucket = %s AND source_key = %s AND source_version = %s",
                 (obj.bucket, obj.key, obj.version_or_etag),
             )
-            return Job(*_one(cur.fetchone()))
+            return _job(_one(cur.fetchone()))
 
     def claim_job(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
         """Mark the job In Progress for ``owner`` (an SQS message id) unless another delivery holds it.
@@ -255,7 +256,7 @@ class TrackingStore:
                         "count": summary.number_of_instances,
                     },
                 )
-                (found[summary.key],) = _one(cur.fetchone())
+                found[summary.key] = str(_one(cur.fetchone())[0])
         return found
 
     def record_error(
@@ -285,7 +286,14 @@ class TrackingStore:
         return dict(zip(names, row, strict=True))
 
 
-def _one(row: tuple[object, ...] | None) -> tuple[object, ...]:
+def _job(row: tuple[Any, ...]) -> Job:
+    job_id, pipeline_id, status, has_error, error_code, created_at, attempts = row
+    return Job(
+        int(job_id), int(pipeline_id), str(status), bool(has_error), error_code, created_at, int(attempts)
+    )
+
+
+def _one(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
     if row is None:
         raise LookupError("expected a row")
     return row

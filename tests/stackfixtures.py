@@ -80,7 +80,11 @@ class TestStack:
 
     def send(self, body: str | dict[str, Any]) -> str:
         text = body if isinstance(body, str) else json.dumps(body)
-        return str(self.client("sqs").send_message(QueueUrl=self.env["PIPELINE_QUEUE_URL"], MessageBody=text)["MessageId"])
+        return str(
+            self.client("sqs").send_message(QueueUrl=self.env["PIPELINE_QUEUE_URL"], MessageBody=text)[
+                "MessageId"
+            ]
+        )
 
     @contextmanager
     def worker(self, clock: Callable[[], datetime] = utc_now, **overrides: str) -> Iterator[Worker]:
@@ -133,7 +137,9 @@ class TestStack:
         found = []
         sqs = self.client("sqs")
         while True:
-            response = sqs.receive_message(QueueUrl=self.admin_inbox_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+            response = sqs.receive_message(
+                QueueUrl=self.admin_inbox_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            )
             messages = response.get("Messages", [])
             if not messages:
                 return found
@@ -147,13 +153,17 @@ class TestStack:
             QueueUrl=self.env[url_setting],
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
-        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        return int(attributes["ApproximateNumberOfMessages"]) + int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; jobs={self.jobs()} errors={self.errors()}")
+                raise AssertionError(
+                    f"timed out waiting for {what}; jobs={self.jobs()} errors={self.errors()}"
+                )
             time.sleep(0.2)
 
     def wait_settled(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:

@@ -101,15 +101,24 @@ def test_wrong_key_layout_is_errl1001(key: str) -> None:
 
 def test_quarantine_name_strips_white_space_from_every_field() -> None:
     fields = QuarantineFields(
-        ddcrf="Imaging Form", ddfile="CT Scan", participant="P 001", event="WEEK 4",
-        subjecteventcrf_id=101, revision=2, pipeline_file_id=7,
-        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), ext=".zip",
+        ddcrf="Imaging Form",
+        ddfile="CT Scan",
+        participant="P 001",
+        event="WEEK 4",
+        subjecteventcrf_id=101,
+        revision=2,
+        pipeline_file_id=7,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        ext=".zip",
     )
     template = Settings.from_env({}).quarantine_key_template
     assert render_name(template, fields) == (
         "ImagingForm_CTScan/ImagingForm_CTScan_P001_WEEK4_101_2_7_20260102_030405.zip"
     )
-    assert error_log_name(template, fields) == "ImagingForm_CTScan_P001_WEEK4_101_2_7_20260102_030405_error_log.txt"
+    assert (
+        error_log_name(template, fields)
+        == "ImagingForm_CTScan_P001_WEEK4_101_2_7_20260102_030405_error_log.txt"
+    )
 
 
 def test_every_error_code_is_documented_in_the_readme() -> None:

@@ -49,12 +49,20 @@ def test_sns_wrapped_event() -> None:
 
 
 def test_eventbridge_object_created() -> None:
-    body = json.dumps({
-        "version": "0", "detail-type": "Object Created", "source": "aws.s3",
-        "time": "2026-11-01T10:00:00Z", "unknown-field": 1,
-        "detail": {"version": "0", "bucket": {"name": "src"},
-                   "object": {"key": "a+b", "size": 3, "etag": "e1", "version-id": "v9"}},
-    })
+    body = json.dumps(
+        {
+            "version": "0",
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "time": "2026-11-01T10:00:00Z",
+            "unknown-field": 1,
+            "detail": {
+                "version": "0",
+                "bucket": {"name": "src"},
+                "object": {"key": "a+b", "size": 3, "etag": "e1", "version-id": "v9"},
+            },
+        }
+    )
     (obj,) = parse_message(body).objects
     assert (obj.key, obj.version_id, obj.etag) == ("a b", "v9", "e1")
 

@@ -47,8 +47,10 @@ def _inputs(tmp: Path) -> list[tuple[str, Path]]:
 
 def _describe_dicom(data: bytes) -> dict[str, Any]:
     ds = pydicom.dcmread(io.BytesIO(data))
-    return {"tracking_uid": ds[0x0012, 0x0071].value,
-            "pixel_sha256": hashlib.sha256(bytes(ds.PixelData)).hexdigest() if "PixelData" in ds else None}
+    return {
+        "tracking_uid": ds[0x0012, 0x0071].value,
+        "pixel_sha256": hashlib.sha256(bytes(ds.PixelData)).hexdigest() if "PixelData" in ds else None,
+    }
 
 
 def _describe_object(data: bytes) -> dict[str, Any]:
@@ -58,22 +60,61 @@ def _describe_object(data: bytes) -> dict[str, Any]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         for name in archive.namelist():
             body = archive.read(name)
-            members[name] = _describe_dicom(body) if body[128:132] == b"DICM" else {
-                "sha256": hashlib.sha256(body).hexdigest()}
+            members[name] = (
+                _describe_dicom(body)
+                if body[128:132] == b"DICM"
+                else {"sha256": hashlib.sha256(body).hexdigest()}
+            )
     return {"members": members}
 
 
 def _snapshot(stack: TestStack) -> dict[str, Any]:
-    jobs = [{k: j[k] for k in ("id", "source_key", "status", "has_error", "error_code", "destination_key",
-                                "subject_event_crf_file_id", "attempts")} for j in stack.jobs()]
-    series = [{k: s[k] for k in ("id", "edc_pipeline_file_id", "atri_uid", "study_uid", "series_uid",
-                                  "series_number", "number_of_instances")} for s in stack.series()]
-    errors = [{k: e[k] for k in ("edc_pipeline_file_id", "source_key", "error_code", "stage", "member",
-                                  "message")} for e in stack.errors()]
-    quarantine = {key: _describe_object(stack.read(stack.names.destination_bucket, key))
-                  for key in stack.quarantine_keys()}
-    return {"jobs": jobs, "series": series, "errors": errors, "quarantine": quarantine,
-            "error_logs": stack.keys(stack.names.error_log_bucket)}
+    jobs = [
+        {
+            k: j[k]
+            for k in (
+                "id",
+                "source_key",
+                "status",
+                "has_error",
+                "error_code",
+                "destination_key",
+                "subject_event_crf_file_id",
+                "attempts",
+            )
+        }
+        for j in stack.jobs()
+    ]
+    series = [
+        {
+            k: s[k]
+            for k in (
+                "id",
+                "edc_pipeline_file_id",
+                "atri_uid",
+                "study_uid",
+                "series_uid",
+                "series_number",
+                "number_of_instances",
+            )
+        }
+        for s in stack.series()
+    ]
+    errors = [
+        {k: e[k] for k in ("edc_pipeline_file_id", "source_key", "error_code", "stage", "member", "message")}
+        for e in stack.errors()
+    ]
+    quarantine = {
+        key: _describe_object(stack.read(stack.names.destination_bucket, key))
+        for key in stack.quarantine_keys()
+    }
+    return {
+        "jobs": jobs,
+        "series": series,
+        "errors": errors,
+        "quarantine": quarantine,
+        "error_logs": stack.keys(stack.names.error_log_bucket),
+    }
 
 
 def test_golden_run_matches_the_committed_output(stack: TestStack, tmp_path: Path) -> None:

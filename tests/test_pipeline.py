@@ -65,7 +65,10 @@ def test_zip_series_keeps_member_names_and_stamps_every_instance(stack: TestStac
     assert key.endswith(".zip")
     (series,) = stack.series()
     assert series["number_of_instances"] == 7 and series["series_number"] == 700
-    with zipfile.ZipFile(archive) as original, zipfile.ZipFile(io.BytesIO(stack.read(stack.names.destination_bucket, key))) as out:
+    with (
+        zipfile.ZipFile(archive) as original,
+        zipfile.ZipFile(io.BytesIO(stack.read(stack.names.destination_bucket, key))) as out,
+    ):
         assert out.namelist() == original.namelist()
         for name in out.namelist():
             dataset = pydicom.dcmread(io.BytesIO(out.read(name)))
@@ -78,18 +81,25 @@ def test_zip_with_a_non_dicom_member_is_completed_with_error(stack: TestStack, t
         (job,) = stack.wait_settled(1)
     assert (job["status"], job["has_error"], job["error_code"]) == ("Completed", True, "ERRL3005")
     (error,) = stack.errors()
-    assert (error["error_code"], error["member"], error["edc_pipeline_file_id"]) == ("ERRL3005", "README.txt", job["id"])
+    assert (error["error_code"], error["member"], error["edc_pipeline_file_id"]) == (
+        "ERRL3005",
+        "README.txt",
+        job["id"],
+    )
     (key,) = stack.quarantine_keys()
     with zipfile.ZipFile(io.BytesIO(stack.read(stack.names.destination_bucket, key))) as out:
         assert out.read("README.txt") == b"Scanner export notes\n"
     log_keys = stack.keys(stack.names.error_log_bucket)
-    assert len(log_keys) == 1 and log_keys[0].startswith("image_pipelines/error_logs/IMAGING/Imaging_CTScan_P-002")
+    assert len(log_keys) == 1 and log_keys[0].startswith(
+        "image_pipelines/error_logs/IMAGING/Imaging_CTScan_P-002"
+    )
     (note,) = stack.notifications()
     assert "ERRL3005" in note["subject"] and "README.txt" in note["message"]
 
 
 def _bad_uploads(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     """One input per permanent error code the processor raises for a whole file."""
+
     def zip_of(**members: bytes) -> bytes:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
@@ -115,7 +125,9 @@ def _bad_uploads(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     }
 
 
-@pytest.mark.parametrize("code", ["ERRL2001", "ERRL2002", "ERRL3001", "ERRL3002", "ERRL3003", "ERRL3004", "ERRL3006"])
+@pytest.mark.parametrize(
+    "code", ["ERRL2001", "ERRL2002", "ERRL3001", "ERRL3002", "ERRL3003", "ERRL3004", "ERRL3006"]
+)
 def test_bad_file_fails_with_its_code_and_is_reported(stack: TestStack, tmp_path: Path, code: str) -> None:
     name, body = _bad_uploads(tmp_path)[code]
     key = f"subjecteventcrffile/1/101/CT Scan/{name}"
@@ -141,7 +153,9 @@ def test_duplicate_delivery_makes_one_job_and_one_object(stack: TestStack) -> No
     sqs = stack.client("sqs")
     bodies = []
     while not bodies:
-        for m in sqs.receive_message(QueueUrl=stack.env["PIPELINE_QUEUE_URL"], MaxNumberOfMessages=10).get("Messages", []):
+        for m in sqs.receive_message(QueueUrl=stack.env["PIPELINE_QUEUE_URL"], MaxNumberOfMessages=10).get(
+            "Messages", []
+        ):
             if "ObjectCreated" in m["Body"]:
                 bodies.append(m["Body"])
             sqs.delete_message(QueueUrl=stack.env["PIPELINE_QUEUE_URL"], ReceiptHandle=m["ReceiptHandle"])
@@ -153,32 +167,53 @@ def test_duplicate_delivery_makes_one_job_and_one_object(stack: TestStack) -> No
     assert len(stack.jobs()) == 1
     assert len(stack.quarantine_keys()) == 1
     assert len(stack.series()) == 1
-    assert '"job.duplicate_delivery"' in stack.log.getvalue() or '"job.claimed_elsewhere"' in stack.log.getvalue()
+    assert (
+        '"job.duplicate_delivery"' in stack.log.getvalue()
+        or '"job.claimed_elsewhere"' in stack.log.getvalue()
+    )
 
 
 def _s3_event(bucket: str, key_encoded: str, etag: str) -> dict[str, object]:
-    return {"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-        "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "s3": {"bucket": {"name": bucket}, "object": {"key": key_encoded, "eTag": etag, "size": 1}},
-    }]}
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "s3": {"bucket": {"name": bucket}, "object": {"key": key_encoded, "eTag": etag, "size": 1}},
+            }
+        ]
+    }
 
 
 def test_sns_wrapped_and_eventbridge_events_are_processed(stack: TestStack, tmp_path: Path) -> None:
-    stack.client("s3").put_bucket_notification_configuration(Bucket=stack.names.source_bucket, NotificationConfiguration={})
+    stack.client("s3").put_bucket_notification_configuration(
+        Bucket=stack.names.source_bucket, NotificationConfiguration={}
+    )
     stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
     stack.upload(MRI_ZIP_KEY, write_series_zip(tmp_path / "s.zip"))
     s3 = stack.client("s3")
     etag_ct = s3.head_object(Bucket=stack.names.source_bucket, Key=CT_KEY)["ETag"].strip('"')
     etag_zip = s3.head_object(Bucket=stack.names.source_bucket, Key=MRI_ZIP_KEY)["ETag"].strip('"')
-    inner = json.dumps(_s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", etag_ct))
+    inner = json.dumps(
+        _s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", etag_ct)
+    )
     stack.send({"Type": "Notification", "MessageId": "sns-1", "TopicArn": "arn:aws:sns:x", "Message": inner})
-    stack.send({
-        "version": "0", "id": "eb-1", "detail-type": "Object Created", "source": "aws.s3",
-        "time": datetime.now(UTC).isoformat(), "region": "us-east-1",
-        "detail": {"bucket": {"name": stack.names.source_bucket},
-                   "object": {"key": "subjecteventcrffile/2/102/MRI+Series/v1.zip", "etag": etag_zip}},
-    })
+    stack.send(
+        {
+            "version": "0",
+            "id": "eb-1",
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "time": datetime.now(UTC).isoformat(),
+            "region": "us-east-1",
+            "detail": {
+                "bucket": {"name": stack.names.source_bucket},
+                "object": {"key": "subjecteventcrffile/2/102/MRI+Series/v1.zip", "etag": etag_zip},
+            },
+        }
+    )
     with stack.worker():
         jobs = stack.wait_settled(2)
     assert sorted(j["status"] for j in jobs) == ["Completed", "Completed"]
@@ -219,8 +254,14 @@ def test_replica_lag_then_record_appears(stack: TestStack) -> None:
     key = "subjecteventcrffile/1/101/CT Scan/late.dcm"
     with stack.worker(REPLICA_LAG_MAX_S="60"):
         stack.upload(key, bundled_file("CT_small.dcm"))
-        stack.wait_for(lambda: bool(stack.jobs()) and stack.jobs()[0]["attempts"] >= 1 and stack.jobs()[0]["status"] == "Started",
-                       what="first lookup missed")
+        stack.wait_for(
+            lambda: (
+                bool(stack.jobs())
+                and stack.jobs()[0]["attempts"] >= 1
+                and stack.jobs()[0]["status"] == "Started"
+            ),
+            what="first lookup missed",
+        )
         stack.query("INSERT INTO edc.subjecteventcrffile VALUES (3001, 101, 1, 'late', 5)", url=stack.edc_url)
         (job,) = stack.wait_settled(1)
     assert (job["status"], job["subject_event_crf_file_id"], job["revision_number"]) == ("Completed", 3001, 5)
@@ -245,7 +286,9 @@ def test_several_edc_rows_is_errl1004(stack: TestStack) -> None:
 
 
 def test_object_gone_before_processing_is_errl1002(stack: TestStack) -> None:
-    stack.client("s3").put_bucket_notification_configuration(Bucket=stack.names.source_bucket, NotificationConfiguration={})
+    stack.client("s3").put_bucket_notification_configuration(
+        Bucket=stack.names.source_bucket, NotificationConfiguration={}
+    )
     stack.send(_s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "0123abcd"))
     with stack.worker():
         (job,) = stack.wait_settled(1)
@@ -262,8 +305,12 @@ def test_object_over_the_size_limit_is_errl5001(stack: TestStack) -> None:
 def test_existing_quarantine_object_of_another_job_is_never_overwritten(stack: TestStack) -> None:
     frozen = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
     key = "quarantine/Imaging_CTScan/Imaging_CTScan_P-001_SCREENING_101_1_1_20260501_120000.dcm"
-    stack.client("s3").put_object(Bucket=stack.names.destination_bucket, Key=key, Body=b"someone else's",
-                                  Metadata={"pipeline-file-id": "999"})
+    stack.client("s3").put_object(
+        Bucket=stack.names.destination_bucket,
+        Key=key,
+        Body=b"someone else's",
+        Metadata={"pipeline-file-id": "999"},
+    )
     with stack.worker(clock=lambda: frozen):
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1)
@@ -277,7 +324,9 @@ def test_malformed_message_never_stops_the_worker_and_reaches_the_dlq(short_stac
         bad_id = stack.send("this is not an event")
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1)
-        stack.wait_for(lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ")
+        stack.wait_for(
+            lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ"
+        )
         assert worker.stats.malformed >= 1
     assert job["status"] == "Completed"
     log = stack.log.getvalue()
@@ -286,12 +335,16 @@ def test_malformed_message_never_stops_the_worker_and_reaches_the_dlq(short_stac
 
 def test_source_bucket_unavailable_retries_then_fails_on_the_last_delivery(short_stack: TestStack) -> None:
     stack = short_stack
-    stack.client("s3").put_bucket_notification_configuration(Bucket=stack.names.source_bucket, NotificationConfiguration={})
+    stack.client("s3").put_bucket_notification_configuration(
+        Bucket=stack.names.source_bucket, NotificationConfiguration={}
+    )
     stack.client("s3").put_object(Bucket=stack.names.source_bucket, Key=CT_KEY, Body=b"x")
     stack.send(_s3_event("no-such-bucket-anywhere", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
     with stack.worker():
         (job,) = stack.wait_settled(1, timeout=40)
-        stack.wait_for(lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ")
+        stack.wait_for(
+            lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ"
+        )
     assert (job["status"], job["error_code"], job["attempts"]) == ("Failed", "ERRS1010", 2)
     # Only the last delivery records: the first one left the message for another try.
     assert [e["error_code"] for e in stack.errors()] == ["ERRS1002", "ERRS1010"]
@@ -301,7 +354,11 @@ def test_no_phi_in_logs_error_logs_or_notifications(stack: TestStack, tmp_path: 
     phi: set[str] = set()
     for path in [bundled_file("CT_small.dcm"), bundled_file("MR_small.dcm"), *sorted(series_dir().iterdir())]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        phi |= {str(ds.get("PatientName", "")), str(ds.get("PatientID", "")), str(ds.get("PatientBirthDate", ""))}
+        phi |= {
+            str(ds.get("PatientName", "")),
+            str(ds.get("PatientID", "")),
+            str(ds.get("PatientBirthDate", "")),
+        }
     phi.discard("")
     assert {"CompressedSamples^CT1", "Doe^Peter"} <= phi
     with stack.worker():

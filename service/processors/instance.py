@@ -17,7 +17,13 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from service.processors.base import SeriesKey
-from service.processors.layout import IrregularError, Layout, StructureError, TruncatedError, walk_dataset
+from service.processors.layout import (
+    IrregularError,
+    Layout,
+    StructureError,
+    TruncatedError,
+    walk_dataset,
+)
 from service.processors.layout import walk_file as walk_layout
 from service.processors.reading import (
     BIG_ENDIAN,
@@ -81,19 +87,26 @@ def _encoding(ts: str | None, header: Dataset) -> tuple[bool, bool]:
     return bool(implicit), little is not False
 
 
-def _walk(path: Path, implicit: bool, little: bool, *, retry: bool = False) -> Layout | None:
+def _layout(path: Path, implicit: bool, little: bool, *, may_flip: bool) -> Layout | None:
     """Layout of ``path``; ``None`` when irregular; ERRL2002 when truncated.
 
-    With ``retry`` (a second guess at the encoding) a truncation is only a failed guess: ``None``.
+    With ``may_flip``, bytes that do not walk in the declared VR mode are tried in the other one:
+    some writers put implicit VR bytes under an explicit VR syntax (or the reverse), and splicing
+    in the encoding the bytes really have keeps the output as readable as the input was.
     """
+    size = path.stat().st_size
     try:
         with open(path, "rb") as fp:
-            return walk_layout(fp, path.stat().st_size, implicit_vr=implicit, little_endian=little)
-    except TruncatedError:
-        if retry:
-            return None
-        raise fail("ERRL2002", "an element runs past the end of the file (truncated)") from None
-    except IrregularError:
+            return walk_layout(fp, size, implicit_vr=implicit, little_endian=little)
+    except StructureError as first:
+        if may_flip:
+            try:
+                with open(path, "rb") as fp:
+                    return walk_layout(fp, size, implicit_vr=not implicit, little_endian=little)
+            except StructureError:
+                pass
+        if isinstance(first, TruncatedError):
+            raise fail("ERRL2002", "an element runs past the end of the file (truncated)") from None
         return None
 
 
@@ -133,19 +146,27 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
         _check_inflated(path, inflated)
     else:
         implicit, little = _encoding(ts, header)
-        layout = _walk(path, implicit, little)
-        if layout is None and has_prefix and ts is not None and little:
-            # Some writers put implicit VR bytes under an explicit VR syntax (or the reverse):
-            # splice in the encoding the bytes really have, so the output reads as the input did.
-            layout = _walk(path, not implicit, little, retry=True)
+        spliceable = has_prefix and ts is not None and little
+        layout = _layout(path, implicit, little, may_flip=spliceable)
         if layout is None:
             read_full(path)  # irregular bytes: let pydicom's reader judge them now, not later
-        elif has_prefix and ts is not None and little:
+        elif spliceable:
             plan = plan_splice(layout, tag)
     study, series = _uid(header, STUDY_UID), _uid(header, SERIES_UID)
     if study is None or series is None:
         raise fail("ERRL2003", "instance lacks a Study or Series Instance UID")
     return Instance(SeriesKey(study, series), _series_number(header), plan)
+
+
+def _text(header: Dataset | None, tag: BaseTag) -> str | None:
+    """The tracking element's value as text, or ``None`` when absent or unreadable."""
+    try:
+        found = header[tag].value if header is not None and tag in header else None
+    except Exception:  # noqa: BLE001 - an unreadable value is simply not the expected one
+        return None
+    if isinstance(found, bytes):  # a private tag without its creator reads as UN
+        found = found.decode("latin-1")
+    return found.strip(" \0") if isinstance(found, str) else None
 
 
 def verify_output(
@@ -158,12 +179,7 @@ def verify_output(
     (implicit VR, little endian) pair of the dataset bytes; by default the transfer syntax's.
     Raises ERRL2004.
     """
-    header = read_header(path, int(tag), (int(tag),))
-    element = header.get(tag) if header is not None else None
-    found = element.value if element is not None else None
-    if isinstance(found, bytes):  # a private tag without its creator reads as UN
-        found = found.decode("latin-1")
-    if not isinstance(found, str) or found.strip(" \0") != value:
+    if _text(read_header(path, int(tag), (int(tag),)), tag) != value:
         raise fail("ERRL2004", "written instance does not carry the tracking UID")
     ts = transfer_syntax(path)
     if ts == DEFLATED:
