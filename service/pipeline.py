@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import psycopg2
 import structlog
 from pydicom.tag import BaseTag
 
@@ -130,7 +131,7 @@ class ObjectHandler:
                 return Outcome.done("duplicate delivery")
             lease = timedelta(seconds=self._options.lease_s)
             if not self._tracking.claim_job(job.id, delivery.message_id, now, lease):
-                log.info("job.claimed_elsewhere")
+                log.info("job.claimed_elsewhere", error_code="ERRS1009")
                 # Look again after the usual backoff: by then the other delivery has settled it.
                 return Outcome.retry("claimed by another delivery")
             attempt = _Attempt(source, pipeline, job, delivery)
@@ -141,6 +142,11 @@ class ObjectHandler:
                 return Outcome.done(f"failed {exc.code}")
             except RetryableError as exc:
                 return self._retry_or_exhaust(attempt, delivery, _entry(exc))
+            except psycopg2.Error as exc:  # the tracking database failed mid-job
+                entry = ErrorEntry(
+                    "ERRS1005", f"pipeline database error ({type(exc).__name__})", Stage.TRACKING
+                )
+                return self._retry_or_exhaust(attempt, delivery, entry)
             except OSError as exc:  # local disk: full, unwritable temp dir
                 log.warning("job.local_io_error", **describe_exception(exc))
                 entry = ErrorEntry("ERRS1007", f"local I/O failed ({type(exc).__name__})", Stage.PROCESS)

@@ -250,7 +250,7 @@ class Worker:
             unfinished = list(self._in_flight.futures.values())
             self._in_flight.futures.clear()
         if unfinished:
-            log.warning("worker.released_unfinished", count=len(unfinished))
+            log.warning("worker.released_unfinished", count=len(unfinished), error_code="ERRS1008")
             try:
                 self._queue.change_visibility([(m, 0) for m in unfinished])
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure

@@ -7,6 +7,7 @@ drops only databases named edc_t*/pipeline_t*. Each test gets its own buckets, q
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import pytest
 
 from service.local.postgres import ThrowawayPostgres
 from service.local.stack import FAKE_CREDENTIALS, MotoServer
+from service.logs import configure_logging
 from service.retry import set_wait_enabled
 from tests.stackfixtures import TestStack, make_stack
 
@@ -32,6 +34,12 @@ def _fake_aws_credentials() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> None:
+    # A test that ran the CLI may have pointed the logs at pytest's (now closed) capture stream.
+    configure_logging("INFO", "json", stream=io.StringIO())
 
 
 @pytest.fixture(scope="session")

@@ -375,3 +375,14 @@ def test_no_phi_in_logs_error_logs_or_notifications(stack: TestStack, tmp_path: 
     assert len(texts) >= 5
     leaks = [(where, value) for where, text in texts.items() for value in phi if value in text]
     assert leaks == []
+
+
+def test_edc_replica_failure_retries_then_fails_with_its_code(short_stack: TestStack) -> None:
+    stack = short_stack
+    stack.query("ALTER TABLE edc.subjecteventcrffile RENAME TO gone", url=stack.edc_url)
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1, timeout=40)
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
+    assert [e["error_code"] for e in stack.errors()] == ["ERRS1004", "ERRS1010"]
+    assert stack.quarantine_keys() == []

@@ -17,13 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import data_element_offset_to_value
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from service.errors import PermanentError, Stage
-from service.processors import DEFAULT_TRACKING_TAG, process_upload
+from service.processors import DEFAULT_TRACKING_TAG, ProcessResult, process_upload
 from service.processors.base import SeriesKey, SeriesSummary
 from service.processors.splice import encode_element, encode_value
 
@@ -87,7 +88,7 @@ def tracking_value(path: Path) -> str:
     return str(read(path)[TRACKING].value)
 
 
-def stamp(src: Path, tmp_path: Path, **kwargs: object) -> tuple[Path, Allocator, object]:
+def stamp(src: Path, tmp_path: Path, **kwargs: object) -> tuple[Path, Allocator, ProcessResult]:
     dst = tmp_path / "out.dcm"
     allocate = Allocator()
     result = process_upload(src, dst, allocate, **kwargs)  # type: ignore[arg-type]
@@ -112,10 +113,10 @@ def test_explicit_little_endian_is_spliced(name: str, tmp_path: Path) -> None:
     assert read(dst).PixelData == read(src).PixelData
     assert_same_elements(src, dst)
     assert_spliced(src, dst, element_bytes(ATRIUID, implicit=False))
-    assert result.instances_stamped == 1  # type: ignore[attr-defined]
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
-    assert result.members == 1  # type: ignore[attr-defined]
-    assert result.issues == ()  # type: ignore[attr-defined]
+    assert result.instances_stamped == 1
+    assert result.fallbacks == 0
+    assert result.members == 1
+    assert result.issues == ()
     source = read(src)
     [call] = allocate.calls
     assert call == (
@@ -130,7 +131,7 @@ def test_explicit_little_endian_is_spliced(name: str, tmp_path: Path) -> None:
 def test_implicit_vr_is_spliced_with_implicit_encoding(tmp_path: Path) -> None:
     src = data("MR_small_implicit.dcm")
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.fallbacks == 0
     assert tracking_value(dst) == ATRIUID
     assert_spliced(src, dst, element_bytes(ATRIUID, implicit=True))
     assert_same_elements(src, dst)
@@ -142,7 +143,7 @@ def test_implicit_vr_is_spliced_with_implicit_encoding(tmp_path: Path) -> None:
 def test_encapsulated_pixel_data_is_spliced_untouched(name: str, tmp_path: Path) -> None:
     src = data(name)
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.fallbacks == 0
     assert tracking_value(dst) == ATRIUID
     assert read(dst).PixelData == read(src).PixelData
     assert_spliced(src, dst, element_bytes(ATRIUID, implicit=False))
@@ -153,7 +154,7 @@ def test_syntax_that_disagrees_with_the_bytes_is_spliced_as_the_bytes_are(tmp_pa
     # writer fails on it, the splice keeps it exactly as readable as it came.
     src = data("SC_rgb_jpeg.dcm")
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.fallbacks == 0
     assert tracking_value(dst) == ATRIUID
     assert_spliced(src, dst, element_bytes(ATRIUID, implicit=True))
 
@@ -163,7 +164,7 @@ def test_existing_tracking_element_is_replaced_not_duplicated(tmp_path: Path) ->
     source.add_new(TRACKING, "LO", "OLD-VALUE-THAT-IS-LONGER")
     src = save(source, tmp_path / "tagged.dcm")
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.fallbacks == 0
     assert tracking_value(dst) == ATRIUID
     old = element_bytes("OLD-VALUE-THAT-IS-LONGER", implicit=False)
     new = element_bytes(ATRIUID, implicit=False)
@@ -182,10 +183,8 @@ def _insert_before(path: Path, after_tag: int, raw: bytes, dst: Path) -> Path:
     explicit = not dataset.original_encoding[0]
     for element in dataset.elements():
         if element.tag > after_tag:
-            raw_element = dataset.get_item(element.tag, keep_deferred=True)
-            offset = raw_element.value_tell - data_element_offset_to_value(  # type: ignore[union-attr]
-                not explicit, raw_element.VR
-            )
+            assert isinstance(element, RawDataElement)
+            offset = element.value_tell - data_element_offset_to_value(not explicit, element.VR)
             break
     original = path.read_bytes()
     dst.write_bytes(original[:offset] + raw + original[offset:])
@@ -199,7 +198,7 @@ def test_group_length_of_the_tracking_group_is_corrected(tmp_path: Path) -> None
     )
     src = _insert_before(data("CT_small.dcm"), 0x00120010, group_length + sponsor, tmp_path / "gl.dcm")
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.fallbacks == 0
     stamped = read(dst)
     new = element_bytes(ATRIUID, implicit=False)
     assert stamped[0x00120000].value == len(sponsor) + len(new)
@@ -211,7 +210,7 @@ def test_group_length_of_the_tracking_group_is_corrected(tmp_path: Path) -> None
 def test_tag_after_every_element_is_appended_at_the_end(tmp_path: Path) -> None:
     # A header-only file whose last element sorts before the tracking tag.
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
@@ -223,7 +222,7 @@ def test_tag_after_every_element_is_appended_at_the_end(tmp_path: Path) -> None:
     # slot, not in the dictionary, hence LO.
     tag = Tag(0x0021, 0x0010)
     dst, _, result = stamp(src, tmp_path, tracking_tag=tag)
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.fallbacks == 0
     assert dst.read_bytes().endswith(element_bytes(ATRIUID, implicit=False, tag=tag))
     assert str(read(dst)[tag].value) == ATRIUID
 
@@ -234,7 +233,7 @@ def test_tag_whose_next_element_is_pixel_data(name: str, tmp_path: Path) -> None
     tag = Tag(0x7FDF, 0x0010)  # a private creator slot in the group just before Pixel Data
     assert max(e.tag for e in read(src) if e.tag < 0x7FE00010) < tag
     dst, _, result = stamp(src, tmp_path, tracking_tag=tag)
-    assert result.fallbacks == 0  # type: ignore[attr-defined]
+    assert result.fallbacks == 0
     implicit = read(src).original_encoding[0] is True
     element = element_bytes(ATRIUID, implicit=implicit, tag=tag)
     assert_spliced(src, dst, element)
@@ -264,8 +263,8 @@ def test_tag_that_cannot_hold_a_uid_is_a_value_error(tag: BaseTag, tmp_path: Pat
 def test_big_endian_takes_the_fallback(tmp_path: Path) -> None:
     src = data("MR_small_bigendian.dcm")
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 1  # type: ignore[attr-defined]
-    assert result.instances_stamped == 1  # type: ignore[attr-defined]
+    assert result.fallbacks == 1
+    assert result.instances_stamped == 1
     assert tracking_value(dst) == ATRIUID
     assert read(dst).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
     assert read(dst).PixelData == read(src).PixelData
@@ -275,7 +274,7 @@ def test_big_endian_takes_the_fallback(tmp_path: Path) -> None:
 def test_deflated_takes_the_fallback_and_stays_deflated(tmp_path: Path) -> None:
     src = data("image_dfl.dcm")
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 1  # type: ignore[attr-defined]
+    assert result.fallbacks == 1
     assert tracking_value(dst) == ATRIUID
     assert read(dst).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
     assert read(dst).PixelData == read(src).PixelData
@@ -295,7 +294,7 @@ def test_truncated_deflated_stream_is_corrupt(tmp_path: Path) -> None:
 def test_no_meta_takes_the_fallback_and_gains_valid_meta(name: str, tmp_path: Path) -> None:
     src = data(name)
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 1  # type: ignore[attr-defined]
+    assert result.fallbacks == 1
     assert dst.read_bytes()[128:132] == b"DICM"
     stamped = pydicom.dcmread(dst)  # no force: the output is a valid Part 10 file
     assert stamped[TRACKING].value == ATRIUID
@@ -314,7 +313,7 @@ def test_generated_no_meta_implicit_file_takes_the_fallback(tmp_path: Path) -> N
         pydicom.dcmwrite(src, bare, implicit_vr=True, little_endian=True)
     assert src.read_bytes()[128:132] != b"DICM"
     dst, _, result = stamp(src, tmp_path)
-    assert result.fallbacks == 1  # type: ignore[attr-defined]
+    assert result.fallbacks == 1
     stamped = pydicom.dcmread(dst)
     assert stamped.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert stamped[TRACKING].value == ATRIUID
@@ -397,8 +396,8 @@ def test_failed_verification_carries_the_file_over_unchanged(
     src = data("MR_small.dcm")
     dst, allocate, result = stamp(src, tmp_path, name="scan.dcm")
     assert len(allocate.calls) == 1
-    assert result.instances_stamped == 0  # type: ignore[attr-defined]
-    [issue] = result.issues  # type: ignore[attr-defined]
+    assert result.instances_stamped == 0
+    [issue] = result.issues
     assert (issue.member, issue.code) == ("scan.dcm", "ERRL2004")
     assert dst.read_bytes() == src.read_bytes()
 
@@ -418,7 +417,7 @@ def test_content_decides_the_kind_not_the_name(tmp_path: Path) -> None:
     src = tmp_path / "looks_like.zip"
     shutil.copyfile(data("MR_small.dcm"), src)
     dst, _, result = stamp(src, tmp_path)
-    assert result.members == 1  # type: ignore[attr-defined]
+    assert result.members == 1
     assert tracking_value(dst) == ATRIUID
 
 
@@ -427,7 +426,7 @@ def test_zip_magic_in_the_preamble_does_not_make_a_zip(tmp_path: Path) -> None:
     src = tmp_path / "polyglot.dcm"
     src.write_bytes(b"PK\x03\x04" + original[4:])
     dst, _, result = stamp(src, tmp_path)
-    assert result.members == 1  # type: ignore[attr-defined]
+    assert result.members == 1
     assert tracking_value(dst) == ATRIUID
 
 
@@ -481,7 +480,7 @@ def assert_only_tracking_bytes_changed(src: Path, dst: Path, source: Dataset) ->
 def make_large_file(path: Path, pixel_bytes: int) -> None:
     """An explicit VR LE file: header written by pydicom, then a Pixel Data element appended."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2")
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
@@ -520,6 +519,8 @@ def test_large_file_is_stamped_in_bounded_memory(tmp_path: Path) -> None:
         a.seek(-4096, 2)
         b.seek(-4096, 2)
         assert a.read() == b.read()
+    src.unlink()  # pytest keeps recent tmp_path directories: do not leave 400 MB behind
+    dst.unlink()
 
 
 # --- robustness --------------------------------------------------------------------------------

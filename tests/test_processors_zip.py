@@ -161,6 +161,47 @@ def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) ->
         assert read(after.read("big_endian.dcm"))[TRACKING].value.startswith("2.25.1000.")
 
 
+def test_each_member_keeps_its_compression_method(tmp_path: Path) -> None:
+    src = build_zip(
+        tmp_path / "methods.zip",
+        [
+            ("stored.dcm", data("CT_small.dcm"), zipfile.ZIP_STORED),
+            ("deflated.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED),
+            ("stored.txt", README, zipfile.ZIP_STORED),
+            ("deflated.txt", README, zipfile.ZIP_DEFLATED),
+        ],
+    )
+    dst, _, result = run(src, tmp_path)
+    assert result.instances_stamped == 2
+    with zipfile.ZipFile(dst) as after:
+        methods = {i.filename: i.compress_type for i in after.infolist()}
+        assert after.read("stored.txt") == after.read("deflated.txt") == README
+    assert methods == {
+        "stored.dcm": zipfile.ZIP_STORED,
+        "deflated.dcm": zipfile.ZIP_DEFLATED,
+        "stored.txt": zipfile.ZIP_STORED,
+        "deflated.txt": zipfile.ZIP_DEFLATED,
+    }
+
+
+def test_member_issues_never_quote_header_values(tmp_path: Path) -> None:
+    source = read(data("CT_small.dcm"))
+    source.PatientName = "Doe^Jane"
+    del source.StudyInstanceUID
+    no_uid = tmp_path / "no_uid.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source.save_as(no_uid)
+    src = build_zip(
+        tmp_path / "phi.zip",
+        [("no_uid.dcm", no_uid, 8), ("good.dcm", data("MR_small.dcm"), 8)],
+    )
+    _, _, result = run(src, tmp_path)
+    [issue] = result.issues
+    assert (issue.member, issue.code) == ("no_uid.dcm", "ERRL2003")
+    assert "Doe" not in issue.message
+
+
 def test_zip_with_only_broken_dicom_is_rejected_with_their_code(tmp_path: Path) -> None:
     src = build_zip(tmp_path / "bad.zip", [("cut.dcm", data("MR_truncated.dcm"), 8)])
     assert rejected(src, tmp_path) == "ERRL2002"
@@ -307,6 +348,8 @@ def test_large_stored_member_streams_in_bounded_memory(tmp_path: Path) -> None:
     assert peak < 20 * 1024 * 1024, peak
     with zipfile.ZipFile(dst) as after:
         assert [i.compress_type for i in after.infolist()] == [zipfile.ZIP_STORED] * 2
+    src.unlink()  # pytest keeps recent tmp_path directories: do not leave them behind
+    dst.unlink()
 
 
 # --- robustness --------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ class _Walker:
         self._fp.seek(start)
         return len(raw) == 6 and raw[4:6] in _VR_BYTES
 
-    def items(self, implicit: bool, depth: int) -> None:
+    def items(self, implicit: bool, depth: int, *, unknown: bool = False) -> None:
         """Skip the items of an undefined-length value, up to and including its delimiter."""
         if depth > _MAX_DEPTH:
             raise IrregularError
@@ -138,15 +138,17 @@ class _Walker:
             if tag != _ITEM:
                 raise IrregularError
             if length == UNDEFINED_LENGTH:
-                self.nested_dataset(implicit, depth)
+                self.nested_dataset(implicit, depth, unknown=unknown)
             else:
                 self.skip(length)
 
-    def nested_dataset(self, implicit: bool, depth: int) -> None:
+    def nested_dataset(self, implicit: bool, depth: int, *, unknown: bool = False) -> None:
         """Skip an undefined-length item's dataset, up to and including its delimiter."""
-        # Some writers switch encoding inside sequences (and UN content is implicit VR by the
-        # standard); decide per item from its first element, as pydicom does.
-        implicit = not self.looks_explicit()
+        # Some writers switch to implicit VR inside sequences of an explicit VR dataset, and
+        # undefined-length UN content is implicit VR by the standard though not always in
+        # practice: decide per item from its first element, as pydicom does.
+        if unknown or not implicit:
+            implicit = not self.looks_explicit()
         while True:
             start = self._fp.tell()
             tag, length = self.tag_and_length()
@@ -157,7 +159,7 @@ class _Walker:
             self.seek(start)
             _, vr, length = self.element_header(implicit)
             if length == UNDEFINED_LENGTH:
-                self.items(implicit or vr == b"UN", depth + 1)
+                self.items(implicit, depth + 1, unknown=vr == b"UN")
             else:
                 self.skip(length)
 
@@ -202,7 +204,7 @@ def walk_dataset(
             raise IrregularError
         value_offset = walker.tell()
         if length == UNDEFINED_LENGTH:
-            walker.items(implicit_vr or vr == b"UN", depth=1)
+            walker.items(implicit_vr, depth=1, unknown=vr == b"UN")
         else:
             walker.skip(length)
         end = walker.tell()
