@@ -73,7 +73,7 @@ def main() -> None:
             app.close()
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"| files | concurrency | files/s | p50 latency s | p95 latency s | peak RSS MB (incl. moto) |")
+    print("| files | concurrency | files/s | p50 latency s | p95 latency s | peak RSS MB (incl. moto) |")
     print("|---|---|---|---|---|---|")
     print(
         f"| {args.files} | {args.concurrency} | {args.files / elapsed:.1f} | "
