@@ -386,3 +386,75 @@ def test_edc_replica_failure_retries_then_fails_with_its_code(short_stack: TestS
     assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
     assert [e["error_code"] for e in stack.errors()] == ["ERRS1004", "ERRS1010"]
     assert stack.quarantine_keys() == []
+
+
+def test_destination_bucket_unavailable_is_errs1003_then_dlq(short_stack: TestStack) -> None:
+    stack = short_stack
+    stack.client("s3").delete_bucket(Bucket=stack.names.destination_bucket)
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1, timeout=40)
+        stack.wait_for(
+            lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ"
+        )
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
+    assert [e["error_code"] for e in stack.errors()] == ["ERRS1003", "ERRS1010"]
+
+
+def test_vanished_work_dir_is_errs1007(short_stack: TestStack, tmp_path: Path) -> None:
+    stack = short_stack
+    work_dir = tmp_path / "scratch"
+    work_dir.mkdir()
+    with stack.worker(WORK_DIR=str(work_dir)):
+        work_dir.rmdir()
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1, timeout=40)
+    assert [e["error_code"] for e in stack.errors()] == ["ERRS1007", "ERRS1010"]
+
+
+def test_tracking_database_fault_mid_job_is_errs1005(
+    short_stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2
+
+    from service.tracking import TrackingStore
+
+    def broken(*_args: object) -> None:
+        raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(TrackingStore, "record_edc", broken)
+    stack = short_stack
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1, timeout=40)
+    assert [e["error_code"] for e in stack.errors()] == ["ERRS1005", "ERRS1010"]
+    assert stack.quarantine_keys() == []
+
+
+def test_a_bug_is_errl8001_logged_without_its_text(
+    short_stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def buggy(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("Doe^Peter")  # the text of an exception may quote a header value
+
+    monkeypatch.setattr("service.pipeline.process_upload", buggy)
+    stack = short_stack
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1, timeout=40)
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL8001", "ERRS1010"]
+    log = stack.log.getvalue()
+    assert '"job.unexpected_error"' in log and '"error_type": "RuntimeError"' in log
+    assert "Doe^Peter" not in log
+
+
+def test_reporting_outage_is_logged_and_does_not_loop(stack: TestStack) -> None:
+    missing_topic = stack.env["ADMIN_TOPIC_ARN"] + "-missing"
+    with stack.worker(ADMIN_TOPIC_ARN=missing_topic, ERROR_LOG_BUCKET="no-such-log-bucket"):
+        stack.upload(BAD_KEY, b"not dicom at all")
+        (job,) = stack.wait_settled(1)
+        stack.wait_for(lambda: stack.queue_depth() == 0, what="message acknowledged")
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL2001")
+    log = stack.log.getvalue()
+    assert '"report.error_log_failed"' in log and '"ERRS1011"' in log
+    assert '"report.notification_failed"' in log and '"ERRS1006"' in log

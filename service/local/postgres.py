@@ -7,6 +7,7 @@ root, so as root the cluster runs as the ``postgres`` user (or ``nobody``).
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -86,6 +87,7 @@ class ThrowawayPostgres:
             "start",
         )
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        atexit.register(self.stop)  # also on an exception that escapes the caller's cleanup
         log.info("local.postgres_started", port=port, binaries=str(pg_bin))
         return self.url
 
