@@ -410,6 +410,7 @@ def test_vanished_work_dir_is_errs1007(short_stack: TestStack, tmp_path: Path) -
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
     assert [e["error_code"] for e in stack.errors()] == ["ERRS1007", "ERRS1010"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
 
 
 def test_tracking_database_fault_mid_job_is_errs1005(
@@ -428,6 +429,7 @@ def test_tracking_database_fault_mid_job_is_errs1005(
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
     assert [e["error_code"] for e in stack.errors()] == ["ERRS1005", "ERRS1010"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
     assert stack.quarantine_keys() == []
 
 
@@ -443,6 +445,7 @@ def test_a_bug_is_errl8001_logged_without_its_text(
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
     assert [e["error_code"] for e in stack.errors()] == ["ERRL8001", "ERRS1010"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
     log = stack.log.getvalue()
     assert '"job.unexpected_error"' in log and '"error_type": "RuntimeError"' in log
     assert "Doe^Peter" not in log
