@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -74,7 +74,7 @@ def build_handler(
         name_template=settings.quarantine_key_template,
         replica_lag_interval_s=settings.replica_lag_interval_s,
         replica_lag_max_s=settings.replica_lag_max_s,
-        lease_s=max(settings.visibility_timeout_s, 2 * settings.shutdown_grace_s),
+        lease_s=settings.visibility_timeout_s,
         max_object_bytes=settings.max_object_bytes,
         notify_on_completion=settings.notify_on_completion,
         tracking_tag=settings.dicom_tracking_tag,
@@ -111,15 +111,17 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
     )
     if not settings.admin_topic_arn:
         log.warning("worker.no_admin_topic", detail="ADMIN_TOPIC_ARN unset: errors are not notified")
+    tracking = TrackingStore(pipeline_db)
     handler = build_handler(
         settings,
-        TrackingStore(pipeline_db),
+        tracking,
         EdcLookup(edc_db, load_lookup_sql(settings.edc_lookup_sql)),
         store,
         notifier,
         clock,
     )
     queue = Queue(aws_client(settings, "sqs", pool=4), settings.pipeline_queue_url)
+    lease = timedelta(seconds=settings.visibility_timeout_s)
     max_receive = queue.max_receive_count()
     _warn_on_short_redrive(settings, max_receive)
     log.info(
@@ -137,6 +139,7 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
         max_receive_count=max_receive,
         backoff=ExponentialBackoff(settings.retry_backoff_base_s, settings.retry_backoff_max_s),
         poll_wait_s=poll_wait_s,
+        renew_leases=lambda owners: tracking.renew_leases(owners, clock(), lease),
     )
     return WorkerApp(worker, (pipeline_db, edc_db))
 

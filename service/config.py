@@ -134,15 +134,19 @@ class Settings:
 
 
 def redact_url(url: str | None) -> str:
-    """``url`` without its password, for logs and printed output."""
+    """``url`` without its password (in the authority or as a ``password`` parameter)."""
     if not url:
         return ""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        credentials, _, host = netloc.rpartition("@")
+        netloc = f"{credentials.split(':', 1)[0]}:***@{host}"
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else f"{name}={value}" if sep else name
+        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class _Reader:

@@ -19,10 +19,12 @@ from service.retry import db_retry, is_transient_db_error
 class Database:
     """A pool of connections to one PostgreSQL database."""
 
-    def __init__(self, url: str, *, max_connections: int = 8, read_only: bool = False) -> None:
+    def __init__(
+        self, url: str, *, max_connections: int = 8, read_only: bool = False, statement_timeout_s: int = 120
+    ) -> None:
         self._url = url
         self._read_only = read_only
-        self._pool = _open_pool(url, max_connections)
+        self._pool = _open_pool(url, max_connections, statement_timeout_s)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
@@ -54,11 +56,19 @@ class Database:
 
 
 @db_retry
-def _open_pool(url: str, max_connections: int) -> psycopg2.pool.ThreadedConnectionPool:
+def _open_pool(
+    url: str, max_connections: int, statement_timeout_s: int
+) -> psycopg2.pool.ThreadedConnectionPool:
+    # A dead socket or a blocked query must end in an error, not hold a worker thread forever.
     return psycopg2.pool.ThreadedConnectionPool(
         minconn=1,
         maxconn=max_connections,
         dsn=url,
         connect_timeout=10,
         application_name="edc-image-pipeline",
+        options=f"-c statement_timeout={statement_timeout_s * 1000}",
+        keepalives=1,
+        keepalives_idle=30,
+        keepalives_interval=10,
+        keepalives_count=3,
     )

@@ -72,6 +72,16 @@ _CODES = (
     ErrorCode("ERRS1011", "Error log could not be written", retryable=True),
 )
 
+@dataclass(frozen=True, slots=True)
+class ErrorEntry:
+    """One recorded error: code, our own message (no header values), stage, optional member."""
+
+    code: str
+    message: str
+    stage: str
+    member: str | None = None
+
+
 ERROR_CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _CODES}
 
 

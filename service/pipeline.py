@@ -8,6 +8,7 @@ recorded as Failed only on the last delivery the queue allows.
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,16 +19,17 @@ import structlog
 from pydicom.tag import BaseTag
 
 from service.edc import EdcLookup, EdcRecord
-from service.errors import PermanentError, PipelineError, RetryableError, Stage
+from service.errors import ErrorEntry, PermanentError, PipelineError, RetryableError, Stage
 from service.events import ObjectCreated
 from service.keys import QuarantineFields, SourceKey, ddfile_name_of, parse_source_key, render_name
 from service.logs import describe_exception
-from service.processors import process_upload
+from service.processors import is_zip, process_upload
+from service.processors.archive import member_suffix
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
 from service.quarantine import place_in_quarantine
-from service.reporting import ErrorEntry, JobReport, Reporter
+from service.reporting import JobReport, Reporter
 from service.s3io import ObjectRef, ObjectStore
-from service.tracking import COMPLETED, EXHAUSTED_CODE, FAILED, Job, Pipeline, TrackingStore
+from service.tracking import COMPLETED, EXHAUSTED_CODE, FAILED, Job, LeaseLostError, Pipeline, TrackingStore
 
 log = structlog.get_logger()
 
@@ -58,6 +60,11 @@ class Delivery:
     message_id: str
     receive_count: int
     max_receive_count: int | None  # None: no redrive policy, deliveries never run out
+
+    @property
+    def owner(self) -> str:
+        """Who holds a job's lease: this delivery, not the message (a redelivery is someone else)."""
+        return f"{self.message_id}:{self.receive_count}"
 
     @property
     def is_last(self) -> bool:
@@ -130,31 +137,51 @@ class ObjectHandler:
                 log.info("job.duplicate_delivery", status=job.status)
                 return Outcome.done("duplicate delivery")
             lease = timedelta(seconds=self._options.lease_s)
-            if not self._tracking.claim_job(job.id, delivery.message_id, now, lease):
+            if not self._tracking.claim_job(job.id, delivery.owner, now, lease):
                 log.info("job.claimed_elsewhere", error_code="ERRS1009")
                 # Look again after the usual backoff: by then the other delivery has settled it.
                 return Outcome.retry("claimed by another delivery")
             attempt = _Attempt(source, pipeline, job, delivery)
             try:
-                return self._run(attempt)
-            except PermanentError as exc:
-                self._fail(attempt, [_entry(exc)], exc.code)
-                return Outcome.done(f"failed {exc.code}")
-            except RetryableError as exc:
-                return self._retry_or_exhaust(attempt, delivery, _entry(exc))
-            except psycopg2.Error as exc:  # the tracking database failed mid-job
-                entry = ErrorEntry(
-                    "ERRS1005", f"pipeline database error ({type(exc).__name__})", Stage.TRACKING
-                )
-                return self._retry_or_exhaust(attempt, delivery, entry)
-            except OSError as exc:  # local disk: full, unwritable temp dir
-                log.warning("job.local_io_error", **describe_exception(exc))
-                entry = ErrorEntry("ERRS1007", f"local I/O failed ({type(exc).__name__})", Stage.PROCESS)
-                return self._retry_or_exhaust(attempt, delivery, entry)
-            except Exception as exc:  # noqa: BLE001 - a bug: retried, then recorded, never a crash of the loop
-                log.error("job.unexpected_error", **describe_exception(exc))
-                entry = ErrorEntry("ERRL8001", f"unexpected {type(exc).__name__}", Stage.WORKER)
-                return self._retry_or_exhaust(attempt, delivery, entry)
+                return self._attempt(attempt)
+            except LeaseLostError:
+                # Another delivery holds the job (this one outlived its lease); it settles the job.
+                log.warning("job.lease_lost")
+                return Outcome.done("lease lost")
+
+    def _attempt(self, attempt: _Attempt) -> Outcome:
+        try:
+            return self._run(attempt)
+        except LeaseLostError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is classified, never a crash of the loop
+            return self._on_error(attempt, exc)
+
+    def report_malformed(self, message_id: str, reason: str) -> None:
+        """Record and report a message that is not an event (ERRS1001); it goes on to the DLQ."""
+        now = self._clock()
+        label = f"(SQS message {message_id})"
+        entry = ErrorEntry("ERRS1001", reason, Stage.EVENT)
+        self._tracking.record_error(None, label, entry.code, entry.message, entry.stage, now)
+        source = ObjectCreated(bucket="-", key=label, version_id=None, etag=None, size=None, event_time=now)
+        report = JobReport(source=source, pipeline_code=None, job_id=None, created_at=now, status=FAILED)
+        self._reporter.report_errors(report, [entry], now)
+
+    def _on_error(self, attempt: _Attempt, exc: Exception) -> Outcome:
+        if isinstance(exc, PermanentError):
+            self._fail(attempt, [_entry(exc)], exc.code)
+            return Outcome.done(f"failed {exc.code}")
+        if isinstance(exc, RetryableError):
+            entry = _entry(exc)
+        elif isinstance(exc, psycopg2.Error):  # the tracking database failed mid-job
+            entry = ErrorEntry("ERRS1005", f"pipeline database error ({type(exc).__name__})", Stage.TRACKING)
+        elif isinstance(exc, OSError):  # local disk: full, unwritable temp dir
+            log.warning("job.local_io_error", **describe_exception(exc))
+            entry = ErrorEntry("ERRS1007", f"local I/O failed ({type(exc).__name__})", Stage.PROCESS)
+        else:  # a bug: retried like a transient fault, recorded when deliveries run out
+            log.error("job.unexpected_error", **describe_exception(exc))
+            entry = ErrorEntry("ERRL8001", f"unexpected {type(exc).__name__}", Stage.WORKER)
+        return self._retry_or_exhaust(attempt, entry)
 
     def _run(self, attempt: _Attempt) -> Outcome:
         attempt.key = parse_source_key(attempt.source.key)
@@ -162,25 +189,28 @@ class ObjectHandler:
         if record is None:
             return self._wait_for_replica(attempt)
         attempt.record = record
-        self._tracking.record_edc(attempt.job.id, record, self._clock())
+        owner = attempt.delivery.owner
+        self._tracking.record_edc(attempt.job.id, owner, record, self._clock())
         size = attempt.source.size
         if size is not None and size > self._options.max_object_bytes:
             raise PermanentError("ERRL5001", f"{size} bytes > MAX_OBJECT_BYTES", Stage.DOWNLOAD)
-        destination = self._options.quarantine_prefix + render_name(
-            self._options.name_template, _name_fields(attempt.job, attempt.key, record)
-        )
+        bucket = self._options.destination_bucket
         with tempfile.TemporaryDirectory(prefix="edc-job-", dir=self._options.work_dir) as tmp:
             result = self._stamp(attempt, Path(tmp))
-            place_in_quarantine(
-                self._store,
-                Path(tmp) / "output",
-                self._options.destination_bucket,
-                destination,
+            issues = member_issue_entries(Path(tmp) / "source", result)
+            # Reserved just before the upload: a job that fails earlier has no quarantine key.
+            destination = self._tracking.reserve_destination(
                 attempt.job.id,
-                attempt.source,
+                owner,
+                bucket,
+                self._options.quarantine_prefix
+                + render_name(self._options.name_template, _name_fields(attempt.job, attempt.key, record)),
+            )
+            place_in_quarantine(
+                self._store, Path(tmp) / "output", bucket, destination, attempt.job.id, attempt.source
             )
         attempt.destination = destination
-        return self._complete(attempt, result)
+        return self._complete(attempt, result, issues)
 
     def _stamp(self, attempt: _Attempt, tmp: Path) -> ProcessResult:
         source = attempt.source
@@ -214,18 +244,10 @@ class ObjectHandler:
         )
         return result
 
-    def _complete(self, attempt: _Attempt, result: ProcessResult) -> Outcome:
+    def _complete(self, attempt: _Attempt, result: ProcessResult, entries: list[ErrorEntry]) -> Outcome:
         now = self._clock()
-        entries = [ErrorEntry(i.code, i.message, Stage.PROCESS, i.member) for i in result.issues]
-        for entry in entries:
-            self._tracking.record_error(
-                attempt.job.id, attempt.source.key, entry.code, entry.message, entry.stage, now, entry.member
-            )
+        self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, entries, now)
         first_code = entries[0].code if entries else None
-        assert attempt.destination is not None
-        self._tracking.complete_job(
-            attempt.job.id, self._options.destination_bucket, attempt.destination, first_code, now
-        )
         log.info(
             "job.completed",
             has_error=bool(entries),
@@ -245,11 +267,12 @@ class ObjectHandler:
         waited = (now - attempt.source.event_time).total_seconds()
         if waited >= self._options.replica_lag_max_s or attempt.delivery.is_last:
             raise PermanentError("ERRL1003", f"not found after {int(waited)} s", Stage.EDC_LOOKUP)
-        self._tracking.release_job(attempt.job.id, now)
+        self._tracking.release_job(attempt.job.id, attempt.delivery.owner, now, waiting_for_edc=True)
         log.info("edc.not_found_yet", waited_s=int(waited), stage=Stage.EDC_LOOKUP)
         return Outcome.retry("waiting for the EDC replica", self._options.replica_lag_interval_s)
 
-    def _retry_or_exhaust(self, attempt: _Attempt, delivery: Delivery, entry: ErrorEntry) -> Outcome:
+    def _retry_or_exhaust(self, attempt: _Attempt, entry: ErrorEntry) -> Outcome:
+        delivery = attempt.delivery
         if not delivery.is_last:
             log.warning(
                 "job.retry_later",
@@ -257,7 +280,7 @@ class ObjectHandler:
                 stage=entry.stage,
                 receive_count=delivery.receive_count,
             )
-            self._tracking.release_job(attempt.job.id, self._clock())
+            self._tracking.release_job(attempt.job.id, delivery.owner, self._clock(), waiting_for_edc=False)
             return Outcome.retry(f"transient {entry.code}")
         exhausted = ErrorEntry(EXHAUSTED_CODE, f"last delivery failed with {entry.code}", entry.stage)
         self._fail(attempt, [entry, exhausted], EXHAUSTED_CODE)
@@ -266,11 +289,7 @@ class ObjectHandler:
 
     def _fail(self, attempt: _Attempt, entries: list[ErrorEntry], job_code: str) -> None:
         now = self._clock()
-        for entry in entries:
-            self._tracking.record_error(
-                attempt.job.id, attempt.source.key, entry.code, entry.message, entry.stage, now, entry.member
-            )
-        self._tracking.fail_job(attempt.job.id, job_code, now)
+        self._tracking.fail_job(attempt.job.id, attempt.delivery.owner, job_code, entries, now)
         log.warning("job.failed", error_code=entries[0].code, stage=entries[0].stage)
         self._reporter.report_errors(self._report(attempt, FAILED), entries, now)
 
@@ -295,6 +314,27 @@ class ObjectHandler:
             record=attempt.record,
             destination=attempt.destination,
         )
+
+
+def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry]:
+    """Error entries for the members that had a problem, named by position, never by name.
+
+    Exporters often name folders after the patient ("DOE^JOHN/IM1"), so a zip member is reported
+    as ``#N.ext``: its 1-based position in the archive and its extension.
+    """
+    if not result.issues:
+        return []
+    positions: dict[str, int] = {}
+    if is_zip(source):
+        with zipfile.ZipFile(source) as archive:
+            positions = {name: n for n, name in reversed(list(enumerate(archive.namelist(), start=1)))}
+    entries = []
+    for issue in result.issues:
+        label = issue.member
+        if issue.member in positions:
+            label = f"#{positions[issue.member]}{member_suffix(issue.member)}"
+        entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
+    return entries
 
 
 def _entry(exc: PipelineError) -> ErrorEntry:

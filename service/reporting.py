@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import structlog
 
 from service.edc import EdcRecord
-from service.errors import RetryableError, meaning_of
+from service.errors import ErrorEntry, RetryableError, meaning_of
 from service.events import ObjectCreated
 from service.keys import QuarantineFields, SourceKey, clean_field, error_log_name
 from service.notify import Notifier
@@ -24,16 +24,6 @@ log = structlog.get_logger()
 
 UNASSIGNED = "unassigned"  # error-log folder for keys that no pipeline could be chosen for
 _MISSING = "NA"
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorEntry:
-    """One error as reported: code, our own message, stage, optional zip member."""
-
-    code: str
-    message: str
-    stage: str
-    member: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

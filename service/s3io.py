@@ -60,7 +60,7 @@ class ObjectStore:
             return self._download(ref, path)
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "NoSuchVersion", "404", "PreconditionFailed", "412"):
+            if code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "PreconditionFailed", "412"):
                 raise PermanentError("ERRL1002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
             raise _unavailable("ERRS1002", exc, Stage.DOWNLOAD) from exc
         except botocore.exceptions.BotoCoreError as exc:

@@ -103,7 +103,9 @@ class Queue:
         """``maxReceiveCount`` of the queue's redrive policy, or None without one."""
         try:
             attributes = self._attributes()
-        except botocore.exceptions.ClientError:
+        except botocore.exceptions.ClientError as exc:
+            # Without it no delivery counts as the last, so jobs are not marked Failed before the DLQ.
+            log.warning("sqs.redrive_policy_unreadable", code=exc.response.get("Error", {}).get("Code"))
             return None
         policy = attributes.get("RedrivePolicy")
         if not policy:

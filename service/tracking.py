@@ -13,12 +13,17 @@ from typing import Any
 
 from service.db import Database
 from service.edc import EdcRecord
+from service.errors import ErrorEntry
 from service.events import ObjectCreated
 from service.processors.base import SeriesKey, SeriesSummary
 
 STARTED, IN_PROGRESS, COMPLETED, FAILED = "Started", "In Progress", "Completed", "Failed"
 # A job failed only because deliveries ran out; a redrive from the DLQ may run it again.
 EXHAUSTED_CODE = "ERRS1010"
+
+
+class LeaseLostError(Exception):
+    """Another delivery holds the job now; this one must not change it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,42 +156,61 @@ class TrackingStore:
             return _job(_one(cur.fetchone()))
 
     def claim_job(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
-        """Mark the job In Progress for ``owner`` (an SQS message id) unless another delivery holds it.
+        """Mark the job In Progress for ``owner`` (one delivery: message id and receive count).
 
-        A job can be claimed when it is Started, when its lease ran out, when the same message
-        comes back (its earlier attempt died), or when it failed only because deliveries ran out.
+        Claimable when Started, when In Progress with no live lease (the delivery that held it
+        died or let go), or when it failed only because deliveries ran out (a DLQ redrive). A
+        live lease is never taken over, not even by a redelivery of the same message: the
+        earlier delivery may still be running.
         """
         with self._db.transaction() as cur:
             cur.execute(
-                "UPDATE pipeline.edc_pipeline_file SET status = %s, lease_owner = %s,"
-                " lease_until = %s, attempts = attempts + 1, updated_at = %s"
-                " WHERE id = %s AND (status = %s OR lease_owner = %s OR lease_until < %s"
-                "   OR (status = %s AND error_code = %s))"
-                " AND status <> %s",
-                (
-                    IN_PROGRESS,
-                    owner,
-                    now + lease,
-                    now,
-                    job_id,
-                    STARTED,
-                    owner,
-                    now,
-                    FAILED,
-                    EXHAUSTED_CODE,
-                    COMPLETED,
-                ),
+                "UPDATE pipeline.edc_pipeline_file SET status = %(in_progress)s, lease_owner = %(owner)s,"
+                " lease_until = %(until)s, attempts = attempts + 1, updated_at = %(now)s"
+                " WHERE id = %(id)s AND (status = %(started)s"
+                "   OR (status = %(in_progress)s AND (lease_until IS NULL OR lease_until < %(now)s))"
+                "   OR (status = %(failed)s AND error_code = %(exhausted)s))",
+                {
+                    "in_progress": IN_PROGRESS,
+                    "owner": owner,
+                    "until": now + lease,
+                    "now": now,
+                    "id": job_id,
+                    "started": STARTED,
+                    "failed": FAILED,
+                    "exhausted": EXHAUSTED_CODE,
+                },
             )
             return bool(cur.rowcount == 1)
 
-    def release_job(self, job_id: int, now: datetime) -> None:
-        """Back to Started without a lease (waiting for the EDC replica)."""
-        self._set(job_id, now, "status = %s, lease_owner = NULL, lease_until = NULL", (STARTED,))
+    def renew_leases(self, owners: Sequence[str], now: datetime, lease: timedelta) -> int:
+        """Extend the leases held by ``owners`` (the worker's heartbeat); return how many."""
+        if not owners:
+            return 0
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE pipeline.edc_pipeline_file SET lease_until = %s"
+                " WHERE lease_owner = ANY(%s) AND status = %s",
+                (now + lease, list(owners), IN_PROGRESS),
+            )
+            return int(cur.rowcount)
 
-    def record_edc(self, job_id: int, record: EdcRecord, now: datetime) -> None:
+    def release_job(self, job_id: int, owner: str, now: datetime, *, waiting_for_edc: bool) -> None:
+        """Give the lease up so the next delivery can claim the job at once.
+
+        Waiting for the EDC replica, nothing has been processed yet: back to Started. After a
+        transient fault the job stays In Progress, without a lease.
+        """
+        status = STARTED if waiting_for_edc else IN_PROGRESS
+        self._update_owned(
+            job_id, owner, now, "status = %s, lease_owner = NULL, lease_until = NULL", (status,)
+        )
+
+    def record_edc(self, job_id: int, owner: str, record: EdcRecord, now: datetime) -> None:
         """Store what the EDC lookup found on the job row."""
-        self._set(
+        self._update_owned(
             job_id,
+            owner,
             now,
             "subject_event_crf_file_id = %s, ddcrf_name = %s, ddfile_name = %s,"
             " participant_code = %s, event_code = %s, subjecteventcrf_id = %s, revision_number = %s",
@@ -201,31 +225,82 @@ class TrackingStore:
             ),
         )
 
-    def complete_job(self, job_id: int, bucket: str, key: str, error_code: str | None, now: datetime) -> None:
-        """Completed: the file is in quarantine; ``error_code`` set means Completed + has_error."""
-        self._set(
-            job_id,
-            now,
-            "status = %s, destination_bucket = %s, destination_key = %s, has_error = %s,"
-            " error_code = %s, completed_at = %s, lease_owner = NULL, lease_until = NULL",
-            (COMPLETED, bucket, key, error_code is not None, error_code, now),
-        )
+    def reserve_destination(self, job_id: int, owner: str, bucket: str, key: str) -> str:
+        """The job's quarantine key: ``key`` the first time, the one reserved earlier on a retry.
 
-    def fail_job(self, job_id: int, error_code: str, now: datetime) -> None:
-        """Failed: the file is not in quarantine."""
-        self._set(
-            job_id,
-            now,
-            "status = %s, has_error = true, error_code = %s, completed_at = %s,"
-            " lease_owner = NULL, lease_until = NULL",
-            (FAILED, error_code, now),
-        )
-
-    def _set(self, job_id: int, now: datetime, assignments: str, values: tuple[object, ...]) -> None:
+        Stored before the upload, so a retry after an upload whose job row was never completed
+        finds the same key (and the object already there) even if the EDC values changed since.
+        """
         with self._db.transaction() as cur:
             cur.execute(
-                f"UPDATE pipeline.edc_pipeline_file SET {assignments}, updated_at = %s WHERE id = %s",
-                (*values, now, job_id),
+                "UPDATE pipeline.edc_pipeline_file SET destination_bucket = COALESCE(destination_bucket, %s),"
+                " destination_key = COALESCE(destination_key, %s)"
+                " WHERE id = %s AND lease_owner = %s AND status = %s RETURNING destination_key",
+                (bucket, key, job_id, owner, IN_PROGRESS),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise LeaseLostError(job_id)
+        return str(row[0])
+
+    def complete_job(self, job_id: int, owner: str, errors: Sequence[ErrorEntry], now: datetime) -> None:
+        """Completed, with its error rows, in one transaction; any error means has_error."""
+        code = errors[0].code if errors else None
+        with self._db.transaction() as cur:
+            self._update_owned_in(
+                cur,
+                job_id,
+                owner,
+                now,
+                "status = %s, has_error = %s, error_code = %s, completed_at = %s,"
+                " lease_owner = NULL, lease_until = NULL",
+                (COMPLETED, code is not None, code, now),
+            )
+            self._insert_errors(cur, job_id, errors, now)
+
+    def fail_job(
+        self, job_id: int, owner: str, code: str, errors: Sequence[ErrorEntry], now: datetime
+    ) -> None:
+        """Failed (the file is not in quarantine), with its error rows, in one transaction."""
+        with self._db.transaction() as cur:
+            self._update_owned_in(
+                cur,
+                job_id,
+                owner,
+                now,
+                "status = %s, has_error = true, error_code = %s, completed_at = %s,"
+                " lease_owner = NULL, lease_until = NULL",
+                (FAILED, code, now),
+            )
+            self._insert_errors(cur, job_id, errors, now)
+
+    def _update_owned(
+        self, job_id: int, owner: str, now: datetime, assignments: str, values: tuple[object, ...]
+    ) -> None:
+        with self._db.transaction() as cur:
+            self._update_owned_in(cur, job_id, owner, now, assignments, values)
+
+    @staticmethod
+    def _update_owned_in(
+        cur: Any, job_id: int, owner: str, now: datetime, assignments: str, values: tuple[object, ...]
+    ) -> None:
+        # Only the delivery holding the lease may change the job: a loser never overwrites.
+        cur.execute(
+            f"UPDATE pipeline.edc_pipeline_file SET {assignments}, updated_at = %s"
+            " WHERE id = %s AND lease_owner = %s AND status = %s",
+            (*values, now, job_id, owner, IN_PROGRESS),
+        )
+        if cur.rowcount != 1:
+            raise LeaseLostError(job_id)
+
+    @staticmethod
+    def _insert_errors(cur: Any, job_id: int, errors: Sequence[ErrorEntry], now: datetime) -> None:
+        for error in errors:
+            cur.execute(
+                "INSERT INTO pipeline.edc_pipeline_error (edc_pipeline_file_id, source_key, error_code,"
+                " message, stage, member, created_at)"
+                " SELECT id, source_key, %s, %s, %s, %s, %s FROM pipeline.edc_pipeline_file WHERE id = %s",
+                (error.code, error.message, error.stage, error.member, now, job_id),
             )
 
     # -- series and errors -------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """The long-running worker: receive -> process -> settle, until told to stop.
 
 Only this module deletes messages or changes their visibility. Processing runs in a bounded
-thread pool; a heartbeat thread keeps the visibility lease of in-flight messages alive so a long
+thread pool; between passes the loop renews the visibility (and job lease) of running messages so a long
 job is not delivered twice; on SIGTERM the loop stops receiving, in-flight work gets
 ``shutdown_grace_s``, and whatever is unfinished is made visible again for another task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ class Handler(Protocol):
     """Processes one object of a message (``ObjectHandler`` in production)."""
 
     def handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome: ...
+
+    def report_malformed(self, message_id: str, reason: str) -> None: ...
 
 
 class BackoffPolicy(Protocol):
@@ -57,6 +60,8 @@ class MessageResult:
     message: Message
     ack: bool
     delay_s: int = 0
+    objects: int = 0
+    malformed: bool = False
 
 
 @dataclass(slots=True)
@@ -90,6 +95,7 @@ class Worker:
         backoff: BackoffPolicy | None = None,
         max_receive_count: int | None = None,
         poll_wait_s: int = LONG_POLL_S,
+        renew_leases: Callable[[list[str]], object] | None = None,
     ) -> None:
         self._queue = queue
         self._handler = handler
@@ -99,6 +105,9 @@ class Worker:
         self._backoff = backoff or ExponentialBackoff()
         self._max_receive_count = max_receive_count
         self._poll_wait_s = poll_wait_s
+        self._renew_leases = renew_leases
+        self._heartbeat_s = max(1.0, visibility_timeout_s / 3)
+        self._last_heartbeat = time.monotonic()
         self._stop = threading.Event()
         self._in_flight = _InFlight()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
@@ -115,13 +124,12 @@ class Worker:
     def run(self) -> None:
         """Loop until ``stop()``; then drain. Never raises for a single bad message."""
         log.info("worker.started", concurrency=self._concurrency, max_receive_count=self._max_receive_count)
-        heartbeat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
-        heartbeat.start()
         try:
             while not self._stop.is_set():
                 messages = self._receive()
                 self._dispatch(messages)
                 self._settle(self._finished(block=not messages))
+                self._heartbeat_if_due()
         finally:
             self._drain()
             log.info("worker.stopped", **self._stats_fields())
@@ -155,7 +163,8 @@ class Worker:
             try:
                 parsed = parse_message(message.body)
             except MalformedMessageError as exc:
-                self.stats.malformed += 1
+                if message.receive_count == 1:  # recorded once, not on every redelivery
+                    self._report_malformed(message, str(exc))
                 log.error(
                     "worker.malformed_message",
                     reason=str(exc),
@@ -163,12 +172,13 @@ class Worker:
                     receive_count=message.receive_count,
                 )
                 # Left for the redrive policy to move to the DLQ.
-                return MessageResult(message, ack=False, delay_s=self._backoff.delay_s(message.receive_count))
+                delay = self._backoff.delay_s(message.receive_count)
+                return MessageResult(message, ack=False, delay_s=delay, malformed=True)
             delivery = Delivery(message.message_id, message.receive_count, self._max_receive_count)
             outcomes = [self._handle_one(source, delivery) for source in parsed.objects]
             if not outcomes:
                 log.info("worker.message_ignored", ignored_records=parsed.ignored)
-            result = self._combine(message, outcomes)
+            result = dataclasses.replace(self._combine(message, outcomes), objects=len(outcomes))
             log.info(
                 "worker.message_processed",
                 objects=len(outcomes),
@@ -178,8 +188,13 @@ class Worker:
             )
             return result
 
+    def _report_malformed(self, message: Message, reason: str) -> None:
+        try:
+            self._handler.report_malformed(message.message_id, reason)
+        except Exception as exc:  # noqa: BLE001 - reporting must not stop the message reaching the DLQ
+            log.error("worker.malformed_report_failed", **describe_exception(exc))
+
     def _handle_one(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
-        self.stats.objects += 1
         with structlog.contextvars.bound_contextvars(source_key=source.key):
             try:
                 return self._handler.handle(source, delivery)
@@ -224,27 +239,40 @@ class Worker:
             log.error("worker.settle_failed", **describe_exception(exc))
         self.stats.acknowledged += len(acks)
         self.stats.retried += len(retries)
+        self.stats.malformed += sum(r.malformed for r in results)
+        self.stats.objects += sum(r.objects for r in results)
 
     # -- heartbeat and shutdown -------------------------------------------------------------
-    def _heartbeat(self) -> None:
-        interval = max(1.0, self._visibility_s / 3)
-        while not self._stop.wait(interval):
-            with self._in_flight.lock:
-                running = [
-                    (m, self._visibility_s) for f, m in self._in_flight.futures.items() if not f.done()
-                ]
-            if running:
-                try:
-                    self._queue.change_visibility(running)
-                except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
-                    log.warning("worker.heartbeat_failed", **describe_exception(exc))
+    def _heartbeat_if_due(self) -> None:
+        """Renew the lease of running messages (SQS visibility, and the jobs' leases).
+
+        Runs on the loop's own thread, between settles, so a renewal never races a settle.
+        """
+        if time.monotonic() - self._last_heartbeat < self._heartbeat_s:
+            return
+        self._last_heartbeat = time.monotonic()
+        with self._in_flight.lock:
+            running = [m for f, m in self._in_flight.futures.items() if not f.done()]
+        if not running:
+            return
+        try:
+            self._queue.change_visibility([(m, self._visibility_s) for m in running])
+            if self._renew_leases is not None:
+                self._renew_leases([Delivery(m.message_id, m.receive_count, None).owner for m in running])
+        except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next pass
+            log.warning("worker.heartbeat_failed", **describe_exception(exc))
 
     def _drain(self) -> None:
+        deadline = time.monotonic() + self._grace_s
         with self._in_flight.lock:
             pending = list(self._in_flight.futures)
         if pending:
             log.info("worker.draining", in_flight=len(pending), grace_s=self._grace_s)
-            wait(pending, timeout=self._grace_s)
+        while pending and time.monotonic() < deadline:
+            _, not_done = wait(pending, timeout=min(self._heartbeat_s, max(0.0, deadline - time.monotonic())))
+            self._settle(self._collect_done())
+            self._heartbeat_if_due()  # running jobs keep their leases during the grace
+            pending = list(not_done)
         self._settle(self._collect_done())
         with self._in_flight.lock:
             unfinished = list(self._in_flight.futures.values())
@@ -253,7 +281,7 @@ class Worker:
             log.warning("worker.released_unfinished", count=len(unfinished), error_code="ERRS1008")
             try:
                 self._queue.change_visibility([(m, 0) for m in unfinished])
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+            except Exception as exc:  # noqa: BLE001 - the messages come back when their lease ends
                 log.error("worker.release_failed", **describe_exception(exc))
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -83,7 +83,7 @@ def test_zip_with_a_non_dicom_member_is_completed_with_error(stack: TestStack, t
     (error,) = stack.errors()
     assert (error["error_code"], error["member"], error["edc_pipeline_file_id"]) == (
         "ERRL3005",
-        "README.txt",
+        "#2.txt",  # members are named by position, never by name (names can carry PHI)
         job["id"],
     )
     (key,) = stack.quarantine_keys()
@@ -94,7 +94,8 @@ def test_zip_with_a_non_dicom_member_is_completed_with_error(stack: TestStack, t
         "image_pipelines/error_logs/IMAGING/Imaging_CTScan_P-002"
     )
     (note,) = stack.notifications()
-    assert "ERRL3005" in note["subject"] and "README.txt" in note["message"]
+    assert "ERRL3005" in note["subject"] and "member=#2.txt" in note["message"]
+    assert "README" not in note["message"]  # members are named by position, never by name
 
 
 def _bad_uploads(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
@@ -285,6 +286,13 @@ def test_several_edc_rows_is_errl1004(stack: TestStack) -> None:
     assert (job["status"], job["error_code"]) == ("Failed", "ERRL1004")
 
 
+def test_source_bucket_gone_is_errl1002(stack: TestStack) -> None:
+    stack.send(_s3_event("no-such-bucket-anywhere", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
+    with stack.worker():
+        (job,) = stack.wait_settled(1)
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL1002")
+
+
 def test_object_gone_before_processing_is_errl1002(stack: TestStack) -> None:
     stack.client("s3").put_bucket_notification_configuration(
         Bucket=stack.names.source_bucket, NotificationConfiguration={}
@@ -331,16 +339,25 @@ def test_malformed_message_never_stops_the_worker_and_reaches_the_dlq(short_stac
     assert job["status"] == "Completed"
     log = stack.log.getvalue()
     assert f'"message_id": "{bad_id}"' in log and '"worker.malformed_message"' in log
+    (error,) = [e for e in stack.errors() if e["error_code"] == "ERRS1001"]  # recorded once
+    assert error["edc_pipeline_file_id"] is None and bad_id in error["source_key"]
+    assert any("ERRS1001" in n["subject"] for n in stack.notifications())
 
 
-def test_source_bucket_unavailable_retries_then_fails_on_the_last_delivery(short_stack: TestStack) -> None:
+def test_source_bucket_unavailable_retries_then_fails_on_the_last_delivery(
+    short_stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import botocore.exceptions
+
+    from service.s3io import ObjectStore
+
+    def unreachable(*_args: object) -> None:
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://s3.example")
+
+    monkeypatch.setattr(ObjectStore, "_download", unreachable)
     stack = short_stack
-    stack.client("s3").put_bucket_notification_configuration(
-        Bucket=stack.names.source_bucket, NotificationConfiguration={}
-    )
-    stack.client("s3").put_object(Bucket=stack.names.source_bucket, Key=CT_KEY, Body=b"x")
-    stack.send(_s3_event("no-such-bucket-anywhere", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
     with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
         stack.wait_for(
             lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ"
@@ -350,7 +367,9 @@ def test_source_bucket_unavailable_retries_then_fails_on_the_last_delivery(short
     assert [e["error_code"] for e in stack.errors()] == ["ERRS1002", "ERRS1010"]
 
 
-def test_no_phi_in_logs_error_logs_or_notifications(stack: TestStack, tmp_path: Path) -> None:
+def test_no_phi_in_logs_error_logs_or_notifications(
+    stack: TestStack, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     phi: set[str] = set()
     for path in [bundled_file("CT_small.dcm"), bundled_file("MR_small.dcm"), *sorted(series_dir().iterdir())]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -366,13 +385,20 @@ def test_no_phi_in_logs_error_logs_or_notifications(stack: TestStack, tmp_path: 
         stack.upload(OTHER_KEY, write_mixed_zip(tmp_path / "mixed.zip"))
         stack.upload(MRI_ZIP_KEY, write_series_zip(tmp_path / "series.zip"))
         stack.upload(BAD_KEY, bundled_file("MR_truncated.dcm"))
-        stack.wait_settled(4)
-    texts = {"worker log": stack.log.getvalue()}
+        # An exporter that names folders after the patient, plus a non-DICOM member in one.
+        named = io.BytesIO()
+        with zipfile.ZipFile(named, "w") as archive:
+            archive.write(bundled_file("MR_small.dcm"), "Doe^Peter/IM1.dcm")
+            archive.writestr("Doe^Peter/notes.txt", "notes")
+        stack.upload("subjecteventcrffile/2/102/MRI Series/v2.zip", named.getvalue())
+        stack.wait_settled(5)
+    captured = capfd.readouterr()
+    texts = {"worker log": stack.log.getvalue(), "stdout": captured.out, "stderr": captured.err}
     for key in stack.keys(stack.names.error_log_bucket):
         texts[key] = stack.read(stack.names.error_log_bucket, key).decode()
     for n, note in enumerate(stack.notifications()):
         texts[f"notification {n}"] = note["subject"] + note["message"]
-    assert len(texts) >= 5
+    assert len(texts) >= 7
     leaks = [(where, value) for where, text in texts.items() for value in phi if value in text]
     assert leaks == []
 
@@ -461,3 +487,34 @@ def test_reporting_outage_is_logged_and_does_not_loop(stack: TestStack) -> None:
     log = stack.log.getvalue()
     assert '"report.error_log_failed"' in log and '"ERRS1011"' in log
     assert '"report.notification_failed"' in log and '"ERRS1006"' in log
+
+
+def test_a_job_failed_by_exhausted_deliveries_completes_after_a_dlq_redrive(
+    short_stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import botocore.exceptions
+
+    from service.s3io import ObjectStore
+
+    real_download = ObjectStore._download
+
+    def unreachable(*_args: object) -> None:
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://s3.example")
+
+    monkeypatch.setattr(ObjectStore, "_download", unreachable)
+    stack = short_stack
+    sqs = stack.client("sqs")
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1, timeout=40)
+        assert job["error_code"] == "ERRS1010"
+        stack.wait_for(lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="DLQ")
+        monkeypatch.setattr(ObjectStore, "_download", real_download)  # the outage is over
+        # What an operator's redrive does: move the DLQ message back to the source queue.
+        (message,) = sqs.receive_message(QueueUrl=stack.env["PIPELINE_DLQ_URL"])["Messages"]
+        sqs.send_message(QueueUrl=stack.env["PIPELINE_QUEUE_URL"], MessageBody=message["Body"])
+        sqs.delete_message(QueueUrl=stack.env["PIPELINE_DLQ_URL"], ReceiptHandle=message["ReceiptHandle"])
+        stack.wait_for(lambda: stack.jobs()[0]["status"] == "Completed", timeout=30, what="completed")
+    (job,) = stack.jobs()
+    assert (job["has_error"], job["error_code"], job["attempts"]) == (False, None, 3)
+    assert len(stack.quarantine_keys()) == 1

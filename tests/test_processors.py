@@ -468,9 +468,7 @@ def assert_only_tracking_bytes_changed(src: Path, dst: Path, source: Dataset) ->
     news = [element_bytes(ATRIUID, implicit=i) for i in (False, True)]
     original, stamped = src.read_bytes(), dst.read_bytes()
     assert any(
-        stamped.count(new) == 1 and stamped.replace(new, old) == original
-        for new in news
-        for old in olds
+        stamped.count(new) == 1 and stamped.replace(new, old) == original for new in news for old in olds
     )
 
 

@@ -232,8 +232,15 @@ def test_single_dicom_upload_named_zip_is_still_dicom(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["../evil.dcm", "/abs.dcm", "C:\\temp\\x.dcm", "C:x.dcm", "\\\\server\\x.dcm",
-     "a/../../x.dcm", "a\\..\\..\\x.dcm"],
+    [
+        "../evil.dcm",
+        "/abs.dcm",
+        "C:\\temp\\x.dcm",
+        "C:x.dcm",
+        "\\\\server\\x.dcm",
+        "a/../../x.dcm",
+        "a\\..\\..\\x.dcm",
+    ],
 )
 def test_escaping_member_names_are_errl3002(name: str, tmp_path: Path) -> None:
     src = build_zip(
@@ -362,9 +369,7 @@ _SMALL_ZIP_MEMBERS: list[Member] = [
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
-def test_damaged_zips_only_raise_permanent_errors(
-    flips: list[tuple[int, int]], tmp_path: Path
-) -> None:
+def test_damaged_zips_only_raise_permanent_errors(flips: list[tuple[int, int]], tmp_path: Path) -> None:
     original = build_zip(tmp_path / "fuzz_src.zip", _SMALL_ZIP_MEMBERS).read_bytes()
     damaged = bytearray(original)
     for offset, value in flips:

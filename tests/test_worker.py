@@ -25,6 +25,10 @@ class ScriptedHandler:
         self.hold_s = hold_s
         self.outcome = outcome or Outcome.done("ok")
         self.started = threading.Event()
+        self.malformed: list[str] = []
+
+    def report_malformed(self, message_id: str, reason: str) -> None:
+        self.malformed.append(message_id)
 
     def handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
         self.calls.append((source.key, delivery.receive_count))
@@ -77,7 +81,7 @@ def test_several_records_in_one_message_are_each_handled(stack: TestStack) -> No
 
 def test_a_long_job_keeps_its_lease_and_is_not_delivered_twice(stack: TestStack) -> None:
     handler = ScriptedHandler(hold_s=6)
-    worker = make_worker(stack, handler, visibility_timeout_s=2)  # heartbeat every ~0.7 s
+    worker = make_worker(stack, handler, visibility_timeout_s=3)  # renewed every second
     stack.send(event("slow"))
     with running(worker):
         stack.wait_for(lambda: stack.queue_depth() == 0, timeout=20, what="message deleted")

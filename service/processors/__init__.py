@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pydicom.config
 from pydicom.tag import BaseTag
 
 from service.errors import PermanentError
@@ -62,6 +63,10 @@ __all__ = [
 # pydicom logs through the "pydicom" logger, and its messages can quote header values (PHI).
 # Keep them out of the service's log handlers; the processors report through codes instead.
 logging.getLogger("pydicom").propagate = False
+# Value validation is what turns a malformed header value into a warning that quotes it. The
+# per-read ``warnings.catch_warnings()`` is not thread-safe (one job's exit can restore filters
+# while another job reads), so validation is switched off process-wide as well.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def is_zip(path: Path) -> bool:

@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from pydicom.tag import BaseTag
@@ -42,8 +42,7 @@ ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # The ratio limit only applies above this size: tiny text files compress far beyond any sane
 # ratio and are harmless.
 RATIO_FLOOR = 1024 * 1024
-_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
-                      zipfile.ZIP_LZMA})
+_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 _JUNK_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -62,9 +61,20 @@ def _reading_zip() -> Iterator[None]:
         raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
 
 
+def member_suffix(name: str) -> str:
+    """A member's extension, lower case, if it is short and printable; else "".
+
+    Exporters often name folders after the patient ("DOE^JOHN/IM1"), so member names never go
+    into messages: members are shown by extension here, and by position in the pipeline's reports.
+    """
+    suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+    return suffix if len(suffix) <= 10 and suffix.isprintable() else ""
+
+
 def _shown(name: str) -> str:
-    """A member name fit for a message: escaped and bounded."""
-    return repr(name if len(name) <= 200 else name[:200] + "...")
+    """How a member appears in a message: by its extension only (see ``member_suffix``)."""
+    suffix = member_suffix(name)
+    return f"(extension {suffix!r})" if suffix else "(no extension)"
 
 
 def _is_junk(name: str) -> bool:
@@ -85,8 +95,10 @@ def _check_entry(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
     if info.file_size > RATIO_FLOOR and (
         info.compress_size <= 0 or info.file_size / info.compress_size > limits.max_ratio
     ):
-        raise fail("ERRL3003", f"member {_shown(info.filename)} exceeds the compression ratio "
-                               f"limit of {limits.max_ratio:g}")
+        raise fail(
+            "ERRL3003",
+            f"member {_shown(info.filename)} exceeds the compression ratio limit of {limits.max_ratio:g}",
+        )
     if not info.is_dir() and not _is_junk(name) and name.lower().endswith(".zip"):
         raise fail("ERRL3004", f"member {_shown(info.filename)} is a nested archive")
 
@@ -99,14 +111,14 @@ def validate_directory(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> N
     ERRL3001 (unnamed member, unsupported compression method).
     """
     if len(infos) > limits.max_members:
-        raise fail("ERRL3003", f"zip archive has {len(infos)} members; the limit is "
-                               f"{limits.max_members}")
+        raise fail("ERRL3003", f"zip archive has {len(infos)} members; the limit is {limits.max_members}")
     for info in infos:
         _check_entry(info, limits)
     total = sum(info.file_size for info in infos)
     if total > limits.max_total_uncompressed:
-        raise fail("ERRL3003", f"zip archive expands to {total} bytes; the limit is "
-                               f"{limits.max_total_uncompressed}")
+        raise fail(
+            "ERRL3003", f"zip archive expands to {total} bytes; the limit is {limits.max_total_uncompressed}"
+        )
 
 
 class _Budget:
@@ -123,8 +135,9 @@ class _Budget:
             written += len(chunk)
             self.used += len(chunk)
             if written > info.file_size or self.used > self.limit:
-                raise fail("ERRL3003", f"member {_shown(info.filename)} expands past the "
-                                       "declared or allowed size")
+                raise fail(
+                    "ERRL3003", f"member {_shown(info.filename)} expands past the declared or allowed size"
+                )
             target.write(chunk)
 
 
@@ -150,8 +163,9 @@ def _scan_member(
     if info.is_dir():
         return _Entry()
     if _is_junk(info.filename):
-        return _Entry(issue=MemberIssue(info.filename, "ERRL3005", "system file, not DICOM; "
-                                                                   "carried over unchanged"))
+        return _Entry(
+            issue=MemberIssue(info.filename, "ERRL3005", "system file, not DICOM; carried over unchanged")
+        )
     path = work / "scan.member"
     try:
         _extract(zin, info, path, budget)
@@ -160,8 +174,7 @@ def _scan_member(
         if not exc.code.startswith("ERRL2"):
             raise
         code = "ERRL3005" if exc.code == "ERRL2001" else exc.code
-        return _Entry(issue=MemberIssue(info.filename, code, f"{exc.message}; carried over "
-                                                             "unchanged"))
+        return _Entry(issue=MemberIssue(info.filename, code, f"{exc.message}; carried over unchanged"))
     finally:
         path.unlink(missing_ok=True)
 
@@ -181,8 +194,9 @@ def _summaries(entries: Sequence[_Entry]) -> tuple[SeriesSummary, ...]:
 def _no_instance(entries: Sequence[_Entry]) -> PermanentError:
     broken = [e.issue.code for e in entries if e.issue and e.issue.code in ("ERRL2002", "ERRL2003")]
     if broken:
-        return fail(broken[0], f"no member could be stamped: {len(broken)} DICOM member(s) are "
-                               "corrupt or lack UIDs")
+        return fail(
+            broken[0], f"no member could be stamped: {len(broken)} DICOM member(s) are corrupt or lack UIDs"
+        )
     return fail("ERRL3006", "zip archive contains no DICOM instance")
 
 
@@ -215,9 +229,7 @@ def _out_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
 class _Writer:
     """The write pass: one output member per input member, in order."""
 
-    def __init__(
-        self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, work: Path, limit: int
-    ) -> None:
+    def __init__(self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, work: Path, limit: int) -> None:
         self.zin, self.zout, self.work = zin, zout, work
         self.budget = _Budget(limit)
         self.stamped = 0
@@ -249,8 +261,7 @@ class _Writer:
                 fallback = stamp_instance(src, dst, instance, tag, vr, uid)
             except PermanentError as exc:
                 self._store(info, src)
-                return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over "
-                                                            "unchanged")
+                return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over unchanged")
             self._store(info, dst)
             self.stamped += 1
             self.fallbacks += int(fallback)

@@ -1,0 +1,81 @@
+"""The tracking store's job lease: one delivery at a time, and a loser never overwrites."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from service.db import Database
+from service.errors import ErrorEntry
+from service.events import ObjectCreated
+from service.tracking import LeaseLostError, TrackingStore
+from tests.stackfixtures import PIPELINE_CODE, TestStack
+
+T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=300)
+
+
+@pytest.fixture
+def store(stack: TestStack) -> TrackingStore:
+    db = Database(stack.pipeline_url, max_connections=2)
+    return TrackingStore(db)
+
+
+def _job_id(store: TrackingStore) -> int:
+    pipeline = store.pipeline_by_code(PIPELINE_CODE)
+    assert pipeline is not None
+    source = ObjectCreated("src", "subjecteventcrffile/1/101/CT Scan/v1.dcm", None, "etag1", 10, T0)
+    first = store.open_job(pipeline, source, "v1.dcm", T0)
+    again = store.open_job(pipeline, source, "v1.dcm", T0 + timedelta(minutes=5))
+    assert first.id == again.id and again.created_at == T0  # one job per object version
+    return first.id
+
+
+def test_a_live_lease_is_not_taken_even_by_a_redelivery_of_the_same_message(store: TrackingStore) -> None:
+    job = _job_id(store)
+    assert store.claim_job(job, "msg-1:1", T0, LEASE)
+    assert not store.claim_job(job, "msg-1:2", T0 + timedelta(seconds=10), LEASE)
+    assert not store.claim_job(job, "msg-2:1", T0 + timedelta(seconds=10), LEASE)
+    # Once the lease has run out (the first delivery died), the next delivery takes over.
+    assert store.claim_job(job, "msg-1:2", T0 + LEASE + timedelta(seconds=1), LEASE)
+
+
+def test_the_heartbeat_keeps_a_long_job_leased(store: TrackingStore) -> None:
+    job = _job_id(store)
+    assert store.claim_job(job, "msg-1:1", T0, LEASE)
+    assert store.renew_leases(["msg-1:1"], T0 + timedelta(seconds=250), LEASE) == 1
+    assert not store.claim_job(job, "msg-2:1", T0 + timedelta(seconds=400), LEASE)
+
+
+def test_a_delivery_that_lost_its_lease_cannot_settle_the_job(store: TrackingStore) -> None:
+    job = _job_id(store)
+    assert store.claim_job(job, "msg-1:1", T0, LEASE)
+    later = T0 + LEASE + timedelta(seconds=1)
+    assert store.claim_job(job, "msg-2:1", later, LEASE)
+    store.complete_job(job, "msg-2:1", [], later)
+    with pytest.raises(LeaseLostError):
+        store.fail_job(job, "msg-1:1", "ERRS1010", [ErrorEntry("ERRS1010", "x", "worker")], later)
+    with pytest.raises(LeaseLostError):
+        store.release_job(job, "msg-1:1", later, waiting_for_edc=False)
+    fields = store.job_fields(job)
+    assert (fields["status"], fields["error_code"]) == ("Completed", None)
+
+
+def test_the_destination_key_is_reserved_once(store: TrackingStore) -> None:
+    job = _job_id(store)
+    assert store.claim_job(job, "msg-1:1", T0, LEASE)
+    assert store.reserve_destination(job, "msg-1:1", "dst", "quarantine/a.dcm") == "quarantine/a.dcm"
+    store.release_job(job, "msg-1:1", T0, waiting_for_edc=False)
+    assert store.claim_job(job, "msg-1:2", T0 + timedelta(seconds=30), LEASE)
+    # The EDC values changed between attempts: the retry still writes where the first one did.
+    assert store.reserve_destination(job, "msg-1:2", "dst", "quarantine/b.dcm") == "quarantine/a.dcm"
+
+
+def test_a_job_failed_by_exhausted_deliveries_can_run_again_after_a_redrive(store: TrackingStore) -> None:
+    job = _job_id(store)
+    assert store.claim_job(job, "msg-1:2", T0, LEASE)
+    store.fail_job(job, "msg-1:2", "ERRS1010", [ErrorEntry("ERRS1010", "x", "worker")], T0)
+    assert store.claim_job(job, "msg-9:1", T0 + timedelta(seconds=1), LEASE)
+    store.complete_job(job, "msg-9:1", [], T0 + timedelta(seconds=2))
+    assert not store.claim_job(job, "msg-10:1", T0 + timedelta(hours=2), LEASE)  # settled for good
