@@ -1,0 +1,54 @@
+"""The CLI as an operator uses it: help, stamp, migrate, pipelines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from service.cli import main
+from service.local.samples import bundled_file, write_series_zip
+from tests.stackfixtures import TestStack
+
+
+@pytest.mark.parametrize("command", [[], ["worker"], ["migrate"], ["pipelines", "add"], ["stamp"], ["local"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", *command, "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_stamp_prints_the_series_and_writes_the_uids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = write_series_zip(tmp_path / "series.zip")
+    assert main(["stamp", str(archive), str(tmp_path / "out.zip"), "--prefix", "42"], {}) == 0
+    out = capsys.readouterr().out
+    assert "42.1" in out and "7 instance(s) stamped" in out
+    assert "Doe^Peter" not in out
+    single = tmp_path / "out.dcm"
+    assert main(["stamp", str(bundled_file("CT_small.dcm")), str(single)], {}) == 0
+    assert pydicom.dcmread(single)[0x0012, 0x0071].value == "0.1"
+
+
+def test_stamp_of_a_bad_file_prints_its_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.dcm"
+    bad.write_text("hello")
+    assert main(["stamp", str(bad), str(tmp_path / "out.dcm")], {}) == 1
+    assert capsys.readouterr().err.startswith("ERRL2001")
+
+
+def test_migrate_and_pipelines(stack: TestStack, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"PIPELINE_DATABASE_URL": stack.pipeline_url}
+    assert main(["migrate"], env) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["pipelines", "add", "MRI", "--label", "MR uploads", "--ddfile", "MR Extra"], env) == 0
+    assert main(["pipelines", "add", "OTHER", "--label", "x", "--ddfile", "CT Scan"], env) == 1
+    assert "already handled by pipeline IMAGING" in capsys.readouterr().err
+    assert main(["pipelines", "list"], env) == 0
+    listing = capsys.readouterr().out
+    assert "IMAGING" in listing and "MR Extra" in listing and "CT Scan, MRI Series" in listing
