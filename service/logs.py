@@ -50,7 +50,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        # Without a stream, each line goes to whatever sys.stdout is at the time it is written.
+        logger_factory=structlog.PrintLoggerFactory(stream) if stream else structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     # Third-party libraries stay quiet unless something is wrong.
