@@ -9,6 +9,8 @@ value from the allocator) escape otherwise.
 
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -17,6 +19,12 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from service.processors.base import SeriesKey
+from service.processors.fastscan import (
+    NATIVE_SYNTAXES,
+    PIXEL_DESCRIPTION,
+    check_native_pixel_length,
+    quick_scan,
+)
 from service.processors.layout import (
     IrregularError,
     Layout,
@@ -31,6 +39,7 @@ from service.processors.reading import (
     IMPLICIT_LITTLE,
     fail,
     inflate_dataset,
+    read_dataset_at,
     read_header,
     read_header_bytes,
     transfer_syntax,
@@ -110,6 +119,16 @@ def _layout(path: Path, implicit: bool, little: bool, *, may_flip: bool) -> Layo
         return None
 
 
+def _check_pixels(path: Path, layout: Layout) -> None:
+    values: dict[int, bytes | None] = {}
+    with open(path, "rb") as fp:
+        for element in layout.elements:
+            if element.tag in PIXEL_DESCRIPTION and element.length <= 32:
+                fp.seek(element.value_offset)
+                values[element.tag] = fp.read(element.length)
+    check_native_pixel_length(layout, values)
+
+
 def _check_inflated(path: Path, data: bytes) -> None:
     try:
         walk_dataset(BytesIO(data), len(data), 0, implicit_vr=False, little_endian=True)
@@ -126,7 +145,13 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
     file that is not DICOM, ERRL2002 for a corrupt or truncated one, ERRL2003 when the Study or
     Series Instance UID is missing; ``OSError`` for disk faults.
     """
+    size = path.stat().st_size
     with open(path, "rb") as fp:
+        quick = quick_scan(fp, size, tag)
+        if quick is not None:
+            key = SeriesKey(quick.study_uid, quick.series_uid)
+            return Instance(key, quick.series_number, plan_splice(quick.layout, tag))
+        fp.seek(0)
         head = fp.read(132)
     has_prefix = len(head) == 132 and head[128:132] == b"DICM"
     ts = transfer_syntax(path) if has_prefix else None
@@ -142,6 +167,7 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
     if header is None:
         raise fail("ERRL2002", "DICOM header cannot be parsed")
     plan: SplicePlan | None = None
+    layout: Layout | None = None
     if inflated is not None:
         _check_inflated(path, inflated)
     else:
@@ -155,6 +181,8 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
     study, series = _uid(header, STUDY_UID), _uid(header, SERIES_UID)
     if study is None or series is None:
         raise fail("ERRL2003", "instance lacks a Study or Series Instance UID")
+    if plan is not None and layout is not None and ts in NATIVE_SYNTAXES:
+        _check_pixels(path, layout)
     return Instance(SeriesKey(study, series), _series_number(header), plan)
 
 
@@ -169,10 +197,8 @@ def _text(header: Dataset | None, tag: BaseTag) -> str | None:
     return found.strip(" \0") if isinstance(found, str) else None
 
 
-def verify_output(
-    path: Path, tag: BaseTag, value: str, encoding: tuple[bool, bool] | None = None
-) -> None:
-    """Cheap check of a written instance: the tag holds ``value`` once and nothing is cut short.
+def verify_output(path: Path, tag: BaseTag, value: str, encoding: tuple[bool, bool] | None = None) -> None:
+    """Deep check of a written instance: pydicom re-reads the tag, and the structure walks.
 
     Re-reads the header up to the tag with pydicom and walks the element headers of the whole
     file (so a pixel data length larger than the bytes present is caught). ``encoding`` is the
@@ -185,36 +211,78 @@ def verify_output(
     if ts == DEFLATED:
         return  # written by pydicom from a complete dataset; its bytes are compressed
     implicit, little = encoding or (ts == IMPLICIT_LITTLE, ts != BIG_ENDIAN)
+    _check_structure(path, tag, implicit, little)
+
+
+def _check_structure(path: Path, tag: BaseTag, implicit: bool, little: bool) -> Layout:
     try:
         with open(path, "rb") as fp:
-            size = path.stat().st_size
-            layout = walk_layout(fp, size, implicit_vr=implicit, little_endian=little)
+            layout = walk_layout(fp, path.stat().st_size, implicit_vr=implicit, little_endian=little)
     except StructureError:
         raise fail("ERRL2004", "written instance has a broken element structure") from None
     if sum(1 for item in layout.elements if item.tag == tag) != 1:
         raise fail("ERRL2004", "written instance does not carry exactly one tracking element")
+    return layout
+
+
+def verify_splice(path: Path, plan: SplicePlan, tag: BaseTag, element: bytes) -> None:
+    """Check a spliced instance without reading it all: its size, the element's bytes where the
+    plan put them, and a well-formed next element header (or the end of the file) after them.
+
+    The rest of the output is the input's own bytes, whose structure the scan walked, copied
+    unchanged (so the pixel data is equal by construction; the size check proves none was lost).
+    Raises ERRL2004.
+    """
+    written = plan.cut_start + len(element)
+    expected = plan.size + written - plan.cut_end
+    endian = "<" if plan.little_endian else ">"
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        fp.seek(plan.cut_start)
+        found = fp.read(len(element) + 4)
+    if size != expected:
+        raise fail("ERRL2004", "written instance has the wrong size")
+    if found[: len(element)] != element:
+        raise fail("ERRL2004", "written instance does not carry the tracking UID where planned")
+    if written < size:
+        next_tag = struct.unpack(f"{endian}HH", found[len(element) :])
+        if (next_tag[0] << 16 | next_tag[1]) <= tag:
+            raise fail("ERRL2004", "written instance has elements out of order after the tracking UID")
+
+
+def _pydicom_reads(path: Path, plan: SplicePlan, tag: BaseTag, value: str) -> None:
+    header = read_dataset_at(
+        path,
+        plan.dataset_start,
+        implicit_vr=plan.implicit_vr,
+        little_endian=plan.little_endian,
+        last_tag=int(tag),
+        tags=(int(tag),),
+    )
+    if _text(header, tag) != value:
+        raise fail("ERRL2004", "pydicom does not read the tracking UID back")
 
 
 def stamp_instance(
-    src: Path, dst: Path, instance: Instance, tag: BaseTag, vr: str, value: str
+    src: Path, dst: Path, instance: Instance, tag: BaseTag, vr: str, value: str, *, deep_verify: bool = True
 ) -> bool:
     """Second pass: write ``src`` to ``dst`` carrying ``value`` in ``tag``, then verify ``dst``.
 
-    Splices when the scan produced a plan, otherwise rewrites fully with pydicom. Returns True when
-    the fallback was used. Raises ERRL2002/ERRL2004 (``dst`` may then hold partial output, the
-    caller discards it), ``ValueError`` for an invalid ``value``, ``OSError`` for disk faults.
+    Splices when the scan produced a plan, otherwise rewrites fully with pydicom. A splice is
+    always checked structurally; ``deep_verify`` adds a pydicom re-read (the zip processor asks
+    for it on the first instance of each series, a single file always gets it). A full rewrite is
+    always deep-verified, and its pixel bytes compared with the input's. Returns True when the
+    fallback was used. Raises ERRL2002/ERRL2004 (``dst`` may then hold partial output, the caller
+    discards it), ``ValueError`` for an invalid ``value``, ``OSError`` for disk faults.
     """
     raw = encode_value(value, vr)
     if instance.plan is not None:
-        element = encode_element(
-            tag,
-            vr,
-            raw,
-            implicit_vr=instance.plan.implicit_vr,
-            little_endian=instance.plan.little_endian,
-        )
-        splice_bytes(src, dst, instance.plan, element)
-        verify_output(dst, tag, value, (instance.plan.implicit_vr, instance.plan.little_endian))
+        plan = instance.plan
+        element = encode_element(tag, vr, raw, implicit_vr=plan.implicit_vr, little_endian=plan.little_endian)
+        splice_bytes(src, dst, plan, element)
+        verify_splice(dst, plan, tag, element)
+        if deep_verify:
+            _pydicom_reads(dst, plan, tag, value)
         return False
     rewrite_file(src, dst, tag, vr, value)
     verify_output(dst, tag, value)

@@ -72,31 +72,48 @@ class Layout:
 
 
 class _Walker:
+    """Reads element headers through a window of the file held in memory.
+
+    Skipping a value moves an integer, not the file; the file is read again only when the walk
+    leaves the window, so a header of hundreds of elements costs a few reads.
+    """
+
+    _WINDOW = 64 * 1024
+
     def __init__(self, fp: BinaryIO, size: int, little_endian: bool) -> None:
         self._fp = fp
         self._size = size
+        self._buffer = b""
+        self._buffer_start = 0
+        self._position = 0
         endian = "<" if little_endian else ">"
         self._tag_length = struct.Struct(f"{endian}HHL")
         self._tag_vr_short = struct.Struct(f"{endian}HH2sH")
         self._long = struct.Struct(f"{endian}L")
 
     def tell(self) -> int:
-        return self._fp.tell()
+        return self._position
 
     def seek(self, offset: int) -> None:
-        self._fp.seek(offset)
+        self._position = offset
 
     def read(self, count: int) -> bytes:
-        data = self._fp.read(count)
+        start = self._position - self._buffer_start
+        if start < 0 or start + count > len(self._buffer):
+            self._fp.seek(self._position)
+            self._buffer = self._fp.read(max(count, self._WINDOW))
+            self._buffer_start, start = self._position, 0
+        data = self._buffer[start : start + count]
         if len(data) < count:
             raise TruncatedError
+        self._position += count
         return data
 
     def skip(self, count: int) -> None:
-        target = self._fp.tell() + count
+        target = self._position + count
         if target > self._size:
             raise TruncatedError
-        self._fp.seek(target)
+        self._position = target
 
     def tag_and_length(self) -> tuple[int, int]:
         """Item and delimiter headers: tag + 4-byte length, no VR in any encoding."""
@@ -122,10 +139,14 @@ class _Walker:
 
     def looks_explicit(self) -> bool:
         """Peek at the next element: do bytes 4-5 hold a known VR?"""
-        start = self._fp.tell()
-        raw = self._fp.read(6)
-        self._fp.seek(start)
-        return len(raw) == 6 and raw[4:6] in _VR_BYTES
+        start = self._position
+        try:
+            raw = self.read(6)
+        except TruncatedError:
+            return False
+        finally:
+            self._position = start
+        return raw[4:6] in _VR_BYTES
 
     def items(self, implicit: bool, depth: int, *, unknown: bool = False) -> None:
         """Skip the items of an undefined-length value, up to and including its delimiter."""
@@ -150,7 +171,7 @@ class _Walker:
         if unknown or not implicit:
             implicit = not self.looks_explicit()
         while True:
-            start = self._fp.tell()
+            start = self._position
             tag, length = self.tag_and_length()
             if tag == _ITEM_END:
                 return
@@ -185,9 +206,7 @@ def meta_end(fp: BinaryIO, size: int, start: int) -> int:
     return position
 
 
-def walk_dataset(
-    fp: BinaryIO, size: int, start: int, *, implicit_vr: bool, little_endian: bool
-) -> Layout:
+def walk_dataset(fp: BinaryIO, size: int, start: int, *, implicit_vr: bool, little_endian: bool) -> Layout:
     """Walk the top-level elements from ``start`` to the end of the data.
 
     Raises ``TruncatedError`` when a header or value runs past ``size`` (including a partial header at
@@ -220,6 +239,4 @@ def walk_file(fp: BinaryIO, size: int, *, implicit_vr: bool, little_endian: bool
     head = fp.read(132)
     start = 132 if len(head) == 132 and head[128:132] == b"DICM" else 0
     dataset_start = meta_end(fp, size, start)
-    return walk_dataset(
-        fp, size, dataset_start, implicit_vr=implicit_vr, little_endian=little_endian
-    )
+    return walk_dataset(fp, size, dataset_start, implicit_vr=implicit_vr, little_endian=little_endian)

@@ -81,6 +81,30 @@ def read_header(path: Path, last_tag: int, tags: Sequence[int]) -> Dataset | Non
         return None
 
 
+def read_dataset_at(
+    path: Path, offset: int, *, implicit_vr: bool, little_endian: bool, last_tag: int, tags: Sequence[int]
+) -> Dataset | None:
+    """``read_header`` for a dataset known to start at ``offset`` in the given encoding.
+
+    Skips pydicom's file meta parsing, which costs more than the few elements read here.
+    """
+
+    def past_last(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return int(tag) > last_tag
+
+    stop: Callable[[BaseTag, str | None, int], bool] = past_last
+    try:
+        with quiet(), open(path, "rb") as fp:
+            fp.seek(offset)
+            return read_dataset(
+                fp, implicit_vr, little_endian, stop_when=stop, defer_size=_DEFER, specific_tags=list(tags)
+            )
+    except Exception as exc:
+        if is_os_fault(exc):
+            raise
+        return None
+
+
 def read_header_bytes(data: bytes, last_tag: int, tags: Sequence[int]) -> Dataset | None:
     """``read_header`` for an inflated explicit-VR little-endian dataset held in memory."""
 
@@ -90,9 +114,7 @@ def read_header_bytes(data: bytes, last_tag: int, tags: Sequence[int]) -> Datase
     stop: Callable[[BaseTag, str | None, int], bool] = past_last
     try:
         with quiet():
-            return read_dataset(
-                BytesIO(data), False, True, stop_when=stop, specific_tags=list(tags)
-            )
+            return read_dataset(BytesIO(data), False, True, stop_when=stop, specific_tags=list(tags))
     except Exception:  # noqa: BLE001 - any pydicom failure on this input means "unreadable"
         return None
 

@@ -12,6 +12,8 @@ the streaming splice.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -76,21 +78,42 @@ def read_full(path: Path) -> FileDataset:
     return dataset
 
 
+# A full rewrite holds the whole dataset in memory: one at a time per process, so N worker
+# threads never need N x file size (the splice path streams and is not gated).
+_FULL_REWRITE_GATE = threading.BoundedSemaphore(1)
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+def _pixel_digest(dataset: Dataset) -> bytes:
+    digest = hashlib.sha256()
+    for tag in _PIXEL_TAGS:
+        if tag in dataset:
+            value = dataset[tag].value
+            digest.update(value if isinstance(value, bytes) else b"")
+    return digest.digest()
+
+
 def rewrite_file(src: Path, dst: Path, tag: BaseTag, vr: str, value: str) -> None:
     """Read all of ``src`` with pydicom, set ``tag`` to ``value`` and write a Part 10 file.
 
     The tracking element is replaced if present (a dataset holds one element per tag). The output
     keeps the input's transfer syntax (deflated stays deflated, big endian stays big endian) and
-    gets valid file meta (``enforce_file_format=True``). Raises ERRL2002 when the input cannot be
-    read or is truncated, ERRL2004 when pydicom cannot write it, ``OSError`` for disk faults.
+    gets valid file meta (``enforce_file_format=True``); its pixel bytes are read back and compared
+    with the input's. Raises ERRL2002 when the input cannot be read or is truncated, ERRL2004 when
+    pydicom cannot write it or the pixel bytes differ, ``OSError`` for disk faults.
     """
-    dataset = read_full(src)
-    try:
-        with quiet():
-            dataset[tag] = DataElement(tag, vr, value)
-            _complete_meta(dataset)
-            dataset.save_as(dst, enforce_file_format=True)
-    except Exception as exc:
-        if is_os_fault(exc):
-            raise
-        raise fail("ERRL2004", "pydicom could not write the instance back") from None
+    with _FULL_REWRITE_GATE:
+        dataset = read_full(src)
+        before = _pixel_digest(dataset)
+        try:
+            with quiet():
+                dataset[tag] = DataElement(tag, vr, value)
+                _complete_meta(dataset)
+                dataset.save_as(dst, enforce_file_format=True)
+        except Exception as exc:
+            if is_os_fault(exc):
+                raise
+            raise fail("ERRL2004", "pydicom could not write the instance back") from None
+        del dataset
+        if _pixel_digest(read_full(dst)) != before:
+            raise fail("ERRL2004", "rewritten instance's pixel bytes differ from the input's")

@@ -8,7 +8,8 @@ pixel data of any size and any compression passes through untouched and memory s
 
 from __future__ import annotations
 
-import shutil
+import errno
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,9 @@ COPY_CHUNK = 1024 * 1024  # bounded copy buffer: memory stays flat whatever the 
 
 # VRs a text UID can be written into; anything else is a configuration mistake.
 _TEXT_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
-     "UR", "UT"}
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
-_MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "UI": 64, "PN": 64, "ST": 1024,
-               "LT": 10240}
+_MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "UI": 64, "PN": 64, "ST": 1024, "LT": 10240}
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 
 
@@ -74,8 +73,7 @@ def encode_element(
     if implicit_vr:
         header = struct.pack(f"{endian}HHL", tag.group, tag.element, len(value))
     elif vr in _LONG_VRS:
-        header = struct.pack(f"{endian}HH2sHL", tag.group, tag.element, vr.encode(), 0,
-                             len(value))
+        header = struct.pack(f"{endian}HH2sHL", tag.group, tag.element, vr.encode(), 0, len(value))
     else:
         header = struct.pack(f"{endian}HH2sH", tag.group, tag.element, vr.encode(), len(value))
     return header + value
@@ -105,6 +103,7 @@ class SplicePlan:
     group_length_offset: int | None  # offset of the tag group's 4-byte group length value
     implicit_vr: bool
     little_endian: bool
+    dataset_start: int  # first byte after the file meta group
 
 
 def _find(layout: Layout, tag: int) -> Element | None:
@@ -124,13 +123,15 @@ def plan_splice(layout: Layout, tag: BaseTag) -> SplicePlan:
         after = next((element for element in layout.elements if element.tag > tag), None)
         cut_start = cut_end = after.start if after is not None else layout.size
     group_length = _find(layout, tag.group << 16)
-    offset = (
-        group_length.value_offset
-        if group_length is not None and group_length.length == 4
-        else None
-    )
+    offset = group_length.value_offset if group_length is not None and group_length.length == 4 else None
     return SplicePlan(
-        layout.size, cut_start, cut_end, offset, layout.implicit_vr, layout.little_endian
+        layout.size,
+        cut_start,
+        cut_end,
+        offset,
+        layout.implicit_vr,
+        layout.little_endian,
+        layout.dataset_start,
     )
 
 
@@ -155,5 +156,35 @@ def splice_file(src: Path, dst: Path, plan: SplicePlan, element: bytes) -> None:
         else:
             _copy_range(source, target, plan.cut_start)
         target.write(element)
-        source.seek(plan.cut_end)
-        shutil.copyfileobj(source, target, COPY_CHUNK)
+        target.flush()
+        copy_tail(source, target, plan.cut_end, plan.size - plan.cut_end)
+
+
+def copy_tail(source: BinaryIO, target: BinaryIO, offset: int, count: int) -> None:
+    """Copy ``count`` bytes of ``source`` from ``offset`` to the end of ``target``.
+
+    Inside the kernel (``sendfile``) where the platform allows, so the pixel data never passes
+    through Python; in bounded chunks otherwise. ``target`` must have no buffered data.
+    """
+    start_size = os.fstat(target.fileno()).st_size
+    try:
+        _send(source, target, offset, count)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        done = os.fstat(target.fileno()).st_size - start_size  # the kernel may refuse part-way
+        target.seek(0, os.SEEK_END)
+        source.seek(offset + done)
+        _copy_range(source, target, count - done)
+    target.seek(0, os.SEEK_END)
+
+
+def _send(source: BinaryIO, target: BinaryIO, offset: int, count: int) -> None:
+    """``sendfile`` until ``count`` bytes are copied."""
+    out_fd, in_fd = target.fileno(), source.fileno()
+    while count > 0:
+        sent = os.sendfile(out_fd, in_fd, offset, min(count, 1 << 30))
+        if sent == 0:
+            raise OSError("source file shrank while it was being copied")
+        offset += sent
+        count -= sent
