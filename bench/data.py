@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
@@ -47,6 +47,7 @@ QUICK = Sizes(20, 3, 12, 10, (50_000_000, 200_000_000), 20)
 class BenchInput:
     """One benchmark input: a list of DICOM files or one zip."""
 
+    role: str  # series_files, series_zip, multiframe, memory_small, memory_large
     name: str  # as shown in the tables
     kind: str  # "files" or "zip"
     paths: tuple[Path, ...]  # the files, or the zip alone
@@ -92,7 +93,7 @@ def _header(study: str, series: str, number: int, frames: int, series_number: in
     ds.InstanceNumber = number
     ds.ImagePositionPatient = [-125.0, -125.0, float(number)]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.FrameOfReferenceUID = study + ".1"
+    ds.FrameOfReferenceUID = generate_uid()
     ds.SliceLocation = float(number)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -113,7 +114,7 @@ def _header(study: str, series: str, number: int, frames: int, series_number: in
 
 
 def write_instance(
-    out: BinaryIO, study: str, series: str, number: int, frames: int, series_number: int = 1
+    out: IO[bytes], study: str, series: str, number: int, frames: int, series_number: int = 1
 ) -> int:
     """Write one instance to ``out``, pixel data streamed in chunks; return the bytes written."""
     header = _header(study, series, number, frames, series_number)
@@ -182,6 +183,7 @@ def generate(root: Path, sizes: Sizes) -> Iterator[BenchInput]:
     """Write every input under ``root``, yielding each dataset once it is complete."""
     series = _series_files(root / "series", sizes.series_instances)
     yield BenchInput(
+        "series_files",
         f"series as files ({len(series)} x 0.5 MB)",
         "files",
         tuple(series),
@@ -191,7 +193,12 @@ def generate(root: Path, sizes: Sizes) -> Iterator[BenchInput]:
     series_zip = root / "series.zip"
     _zip_files(series, series_zip)
     yield BenchInput(
-        f"series as zip ({len(series)} x 0.5 MB)", "zip", (series_zip,), len(series), series_zip.stat().st_size
+        "series_zip",
+        f"series as zip ({len(series)} x 0.5 MB)",
+        "zip",
+        (series_zip,),
+        len(series),
+        series_zip.stat().st_size,
     )
     multi_dir = root / "multiframe"
     multi_dir.mkdir()
@@ -203,19 +210,22 @@ def generate(root: Path, sizes: Sizes) -> Iterator[BenchInput]:
         multi.append(path)
     each = multi[0].stat().st_size
     yield BenchInput(
+        "multiframe",
         f"multi-frame files ({len(multi)} x {each / 1e6:.0f} MB)",
         "files",
         tuple(multi),
         len(multi),
         sum(p.stat().st_size for p in multi),
     )
-    for target in sizes.memory_zip_bytes:
+    for role, target in zip(("memory_small", "memory_large"), sizes.memory_zip_bytes, strict=True):
         members = memory_members(sizes, target)
         path = root / f"memory-{members}.zip"
         _streamed_zip(path, members, sizes.memory_member_frames)
         nbytes = path.stat().st_size
+        member_mb = instance_bytes(sizes.memory_member_frames) / 1e6
         yield BenchInput(
-            f"memory: {_label(nbytes)} zip ({members} x {instance_bytes(sizes.memory_member_frames) / 1e6:.0f} MB)",
+            role,
+            f"memory: {_label(nbytes)} zip ({members} x {member_mb:.0f} MB)",
             "zip",
             (path,),
             members,

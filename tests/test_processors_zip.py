@@ -324,12 +324,41 @@ def test_corrupt_zip_is_errl3001(tmp_path: Path) -> None:
     assert rejected(src, tmp_path) == "ERRL3001"
 
 
-def test_bad_crc_is_errl3001(tmp_path: Path) -> None:
+def test_bad_crc_of_a_deflated_member_is_errl3001(tmp_path: Path) -> None:
+    src = build_zip(tmp_path / "crc.zip", [("a.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED)])
+    with zipfile.ZipFile(src) as archive:
+        info = archive.getinfo("a.dcm")
+    raw = bytearray(src.read_bytes())
+    raw[info.header_offset + 14 : info.header_offset + 18] = b"\0\0\0\0"  # local header CRC
+    central = raw.rfind(b"PK\x01\x02")
+    raw[central + 16 : central + 20] = b"\0\0\0\0"  # central directory CRC
+    src.write_bytes(bytes(raw))
+    assert rejected(src, tmp_path) == "ERRL3001"
+
+
+def test_damaged_stored_member_keeps_a_crc_that_exposes_the_damage(tmp_path: Path) -> None:
+    # Stored members are not re-read to verify their CRC (zipraw): the damage passes through,
+    # and so does a CRC that does not match it, so the labs' unzip still reports it.
     src = build_zip(tmp_path / "crc.zip", [("a.dcm", data("MR_small.dcm"), zipfile.ZIP_STORED)])
     raw = bytearray(src.read_bytes())
     raw[raw.find(b"PK\x03\x04") + 30 + len("a.dcm") + 5000] ^= 0xFF  # flip a pixel byte
     src.write_bytes(bytes(raw))
-    assert rejected(src, tmp_path) == "ERRL3001"
+    dst, _, result = run(src, tmp_path)
+    assert result.instances_stamped == 1
+    with zipfile.ZipFile(dst) as out:
+        assert out.testzip() == "a.dcm"
+
+
+def test_stamped_stored_members_carry_correct_crcs(tmp_path: Path) -> None:
+    src = build_zip(
+        tmp_path / "ok.zip",
+        [("a.dcm", data("MR_small.dcm"), zipfile.ZIP_STORED), ("b.txt", b"notes", zipfile.ZIP_STORED)],
+    )
+    dst, _, result = run(src, tmp_path)
+    assert result.instances_stamped == 1
+    with zipfile.ZipFile(dst) as out:
+        assert out.testzip() is None
+        assert [i.compress_type for i in out.infolist()] == [zipfile.ZIP_STORED, zipfile.ZIP_STORED]
 
 
 # --- bounded memory ----------------------------------------------------------------------------

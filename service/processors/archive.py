@@ -13,6 +13,7 @@ temporary disk to about two members besides the input and output archives.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import warnings
@@ -21,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, BinaryIO
 
 from pydicom.tag import BaseTag
 
@@ -34,9 +35,23 @@ from service.processors.base import (
     UidAllocator,
     ZipLimits,
 )
-from service.processors.instance import Instance, scan_instance, stamp_instance
+from service.processors.fastscan import quick_scan
+from service.processors.instance import (
+    Instance,
+    check_head_with_pydicom,
+    check_spliced_head,
+    scan_instance,
+    stamp_instance,
+)
 from service.processors.reading import fail, is_os_fault
-from service.processors.splice import COPY_CHUNK, encode_value
+from service.processors.splice import COPY_CHUNK, encode_element, encode_value, plan_splice, spliced_head
+from service.processors.zipraw import (
+    MemberSlice,
+    data_offset,
+    is_raw_member,
+    replaced_head_crc,
+    write_stored_member,
+)
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # The ratio limit only applies above this size: tiny text files compress far beyond any sane
@@ -59,6 +74,11 @@ def _reading_zip() -> Iterator[None]:
         if is_os_fault(exc):
             raise
         raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
+
+
+# A stored member is stamped in place when everything before its splice point fits this: the
+# head is held in memory (headers are kilobytes; a larger one takes the extracting path).
+MAX_RAW_HEAD = 16 * 1024 * 1024
 
 
 def member_suffix(name: str) -> str:
@@ -155,10 +175,32 @@ class _Entry:
 
     instance: Instance | None = None  # a DICOM instance to stamp
     issue: MemberIssue | None = None  # carried over unchanged, with this issue
+    raw_offset: int | None = None  # a stored member stamped in place (zipraw): its data offset
+
+
+def _scan_raw(archive: BinaryIO, info: zipfile.ZipInfo, tag: BaseTag) -> _Entry | None:
+    """The in-place scan of a stored member; None when it needs the extracting scan."""
+    offset = data_offset(archive, info)
+    view = MemberSlice(archive, offset, info.file_size)
+    if view.read(4) in ZIP_MAGICS:
+        raise fail("ERRL3004", f"member {_shown(info.filename)} is a nested archive")
+    quick = quick_scan(view, info.file_size, tag)
+    if quick is None:
+        return None
+    plan = plan_splice(quick.layout, tag)
+    if plan.cut_end > MAX_RAW_HEAD:
+        return None
+    instance = Instance(SeriesKey(quick.study_uid, quick.series_uid), quick.series_number, plan)
+    return _Entry(instance=instance, raw_offset=offset)
 
 
 def _scan_member(
-    zin: zipfile.ZipFile, info: zipfile.ZipInfo, work: Path, tag: BaseTag, budget: _Budget
+    zin: zipfile.ZipFile,
+    archive: BinaryIO,
+    info: zipfile.ZipInfo,
+    work: Path,
+    tag: BaseTag,
+    budget: _Budget,
 ) -> _Entry:
     if info.is_dir():
         return _Entry()
@@ -168,6 +210,10 @@ def _scan_member(
         )
     path = work / "scan.member"
     try:
+        if is_raw_member(info):
+            entry = _scan_raw(archive, info, tag)
+            if entry is not None:
+                return entry
         _extract(zin, info, path, budget)
         return _Entry(instance=scan_instance(path, tag))
     except PermanentError as exc:
@@ -229,11 +275,20 @@ def _out_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
 class _Writer:
     """The write pass: one output member per input member, in order."""
 
-    def __init__(self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, work: Path, limit: int) -> None:
-        self.zin, self.zout, self.work = zin, zout, work
+    def __init__(
+        self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, archive: BinaryIO, work: Path, limit: int
+    ) -> None:
+        self.zin, self.zout, self.archive, self.work = zin, zout, archive, work
         self.budget = _Budget(limit)
         self.stamped = 0
         self.fallbacks = 0
+        self.deep_verified: set[SeriesKey] = set()  # pydicom re-reads one instance per series
+
+    def _deep(self, key: SeriesKey) -> bool:
+        if key in self.deep_verified:
+            return False
+        self.deep_verified.add(key)
+        return True
 
     def _target(self, info: zipfile.ZipInfo) -> IO[bytes]:
         return self.zout.open(_out_info(info), "w", force_zip64=True)
@@ -243,12 +298,45 @@ class _Writer:
             shutil.copyfileobj(source, target, COPY_CHUNK)
 
     def carry(self, info: zipfile.ZipInfo) -> None:
-        """Copy a member unchanged (re-compressed with its own method), in bounded chunks."""
+        """Copy a member unchanged: a stored one as a byte range with its own CRC, any other
+        decompressed (CRC verified) and recompressed with its own method, in bounded chunks."""
         if info.is_dir():
             self.zout.writestr(_out_info(info), b"")
             return
+        if is_raw_member(info):
+            offset = data_offset(self.archive, info)
+            write_stored_member(
+                self.zout, _out_info(info), b"", self.archive, offset, info.file_size, info.CRC
+            )
+            return
         with _reading_zip(), self.zin.open(info) as source, self._target(info) as target:
             self.budget.pump(source, target, info)
+
+    def stamp_raw(
+        self, info: zipfile.ZipInfo, instance: Instance, offset: int, tag: BaseTag, vr: str, uid: str
+    ) -> MemberIssue | None:
+        """Stamp a stored member in place: new head, tail copied by the kernel, CRC derived."""
+        plan = instance.plan
+        assert plan is not None
+        element = encode_element(
+            tag, vr, encode_value(uid, vr), implicit_vr=plan.implicit_vr, little_endian=plan.little_endian
+        )
+        view = MemberSlice(self.archive, offset, info.file_size)
+        old_head = view.read(plan.cut_end)
+        following = view.read(4)
+        head = spliced_head(old_head[: plan.cut_start], plan, element)
+        try:
+            check_spliced_head(head, following, plan, tag, element)
+            if self._deep(instance.key):
+                check_head_with_pydicom(head, plan, tag, uid)
+        except PermanentError as exc:
+            self.carry(info)
+            return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over unchanged")
+        tail = info.file_size - plan.cut_end
+        crc = replaced_head_crc(info.CRC, old_head, head, tail)
+        write_stored_member(self.zout, _out_info(info), head, self.archive, offset + plan.cut_end, tail, crc)
+        self.stamped += 1
+        return None
 
     def stamp(
         self, info: zipfile.ZipInfo, instance: Instance, tag: BaseTag, vr: str, uid: str
@@ -258,7 +346,8 @@ class _Writer:
         try:
             _extract(self.zin, info, src, self.budget)
             try:
-                fallback = stamp_instance(src, dst, instance, tag, vr, uid)
+                deep = self._deep(instance.key)
+                fallback = stamp_instance(src, dst, instance, tag, vr, uid, deep_verify=deep)
             except PermanentError as exc:
                 self._store(info, src)
                 return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over unchanged")
@@ -291,12 +380,16 @@ def process_zip(
     """
     with _reading_zip():
         zin = zipfile.ZipFile(src)
-    with zin:
+    with zin, contextlib.ExitStack() as stack:
         with _reading_zip():
             infos = zin.infolist()
         validate_directory(infos, limits)
         scan_budget = _Budget(limits.max_total_uncompressed)
-        entries = [_scan_member(zin, info, work, tag, scan_budget) for info in infos]
+        archive = stack.enter_context(open(src, "rb"))
+        try:
+            entries = [_scan_member(zin, archive, info, work, tag, scan_budget) for info in infos]
+        except zipfile.BadZipFile:
+            raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
         series = _summaries(entries)
         if not series:
             raise _no_instance(entries)
@@ -305,11 +398,14 @@ def process_zip(
         with zipfile.ZipFile(dst, "w", allowZip64=True) as zout, warnings.catch_warnings():
             # Duplicate member names are carried over as they came; zipfile warns about them.
             warnings.filterwarnings("ignore", message="Duplicate name", category=UserWarning)
-            writer = _Writer(zin, zout, work, limits.max_total_uncompressed)
+            writer = _Writer(zin, zout, archive, work, limits.max_total_uncompressed)
             for info, entry in zip(infos, entries, strict=True):
                 if entry.instance is None:
                     writer.carry(info)
                     issue = entry.issue
+                elif entry.raw_offset is not None:
+                    uid = uids[entry.instance.key]
+                    issue = writer.stamp_raw(info, entry.instance, entry.raw_offset, tag, vr, uid)
                 else:
                     issue = writer.stamp(info, entry.instance, tag, vr, uids[entry.instance.key])
                 if issue is not None:

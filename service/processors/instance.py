@@ -233,20 +233,27 @@ def verify_splice(path: Path, plan: SplicePlan, tag: BaseTag, element: bytes) ->
     unchanged (so the pixel data is equal by construction; the size check proves none was lost).
     Raises ERRL2004.
     """
-    written = plan.cut_start + len(element)
-    expected = plan.size + written - plan.cut_end
-    endian = "<" if plan.little_endian else ">"
+    expected = plan.size + plan.cut_start + len(element) - plan.cut_end
     with open(path, "rb") as fp:
         size = os.fstat(fp.fileno()).st_size
         fp.seek(plan.cut_start)
         found = fp.read(len(element) + 4)
     if size != expected:
         raise fail("ERRL2004", "written instance has the wrong size")
-    if found[: len(element)] != element:
+    _check_placed(found[: len(element)], found[len(element) :], plan, tag, element)
+
+
+def check_spliced_head(head: bytes, following: bytes, plan: SplicePlan, tag: BaseTag, element: bytes) -> None:
+    """``verify_splice`` for a head built in memory; ``following`` holds the next bytes of the tail."""
+    _check_placed(head[plan.cut_start :], following, plan, tag, element)
+
+
+def _check_placed(found: bytes, following: bytes, plan: SplicePlan, tag: BaseTag, element: bytes) -> None:
+    if found != element:
         raise fail("ERRL2004", "written instance does not carry the tracking UID where planned")
-    if written < size:
-        next_tag = struct.unpack(f"{endian}HH", found[len(element) :])
-        if (next_tag[0] << 16 | next_tag[1]) <= tag:
+    if len(following) >= 4:
+        group, number = struct.unpack("<HH" if plan.little_endian else ">HH", following[:4])
+        if (group << 16 | number) <= tag:
             raise fail("ERRL2004", "written instance has elements out of order after the tracking UID")
 
 
@@ -258,6 +265,19 @@ def _pydicom_reads(path: Path, plan: SplicePlan, tag: BaseTag, value: str) -> No
         little_endian=plan.little_endian,
         last_tag=int(tag),
         tags=(int(tag),),
+    )
+    if _text(header, tag) != value:
+        raise fail("ERRL2004", "pydicom does not read the tracking UID back")
+
+
+def check_head_with_pydicom(head: bytes, plan: SplicePlan, tag: BaseTag, value: str) -> None:
+    """pydicom reads the tracking UID back from a head built in memory. Raises ERRL2004."""
+    header = read_header_bytes(
+        head[plan.dataset_start :],
+        int(tag),
+        (int(tag),),
+        implicit_vr=plan.implicit_vr,
+        little_endian=plan.little_endian,
     )
     if _text(header, tag) != value:
         raise fail("ERRL2004", "pydicom does not read the tracking UID back")

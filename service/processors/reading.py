@@ -105,8 +105,15 @@ def read_dataset_at(
         return None
 
 
-def read_header_bytes(data: bytes, last_tag: int, tags: Sequence[int]) -> Dataset | None:
-    """``read_header`` for an inflated explicit-VR little-endian dataset held in memory."""
+def read_header_bytes(
+    data: bytes,
+    last_tag: int,
+    tags: Sequence[int],
+    *,
+    implicit_vr: bool = False,
+    little_endian: bool = True,
+) -> Dataset | None:
+    """``read_header`` for a dataset held in memory (by default explicit VR little endian)."""
 
     def past_last(tag: BaseTag, vr: str | None, length: int) -> bool:
         return int(tag) > last_tag
@@ -114,7 +121,9 @@ def read_header_bytes(data: bytes, last_tag: int, tags: Sequence[int]) -> Datase
     stop: Callable[[BaseTag, str | None, int], bool] = past_last
     try:
         with quiet():
-            return read_dataset(BytesIO(data), False, True, stop_when=stop, specific_tags=list(tags))
+            return read_dataset(
+                BytesIO(data), implicit_vr, little_endian, stop_when=stop, specific_tags=list(tags)
+            )
     except Exception:  # noqa: BLE001 - any pydicom failure on this input means "unreadable"
         return None
 

@@ -135,6 +135,19 @@ def plan_splice(layout: Layout, tag: BaseTag) -> SplicePlan:
     )
 
 
+def spliced_head(prefix: bytes, plan: SplicePlan, element: bytes) -> bytes:
+    """The new bytes before the unchanged tail: ``prefix`` (the input up to ``plan.cut_start``)
+    with its group length corrected, then ``element``."""
+    delta = len(element) - (plan.cut_end - plan.cut_start)
+    offset = plan.group_length_offset
+    if offset is None or not delta:
+        return prefix + element
+    endian = "<" if plan.little_endian else ">"
+    (old,) = struct.unpack_from(f"{endian}L", prefix, offset)
+    patched = struct.pack(f"{endian}L", (old + delta) % (UNDEFINED_LENGTH + 1))
+    return prefix[:offset] + patched + prefix[offset + 4 :] + element
+
+
 def splice_file(src: Path, dst: Path, plan: SplicePlan, element: bytes) -> None:
     """Write ``src`` to ``dst`` with ``element`` in place of the plan's byte range.
 

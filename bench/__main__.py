@@ -1,0 +1,119 @@
+"""``python -m bench``: generate data, measure, print the tables, write bench/RESULTS.md.
+
+    .venv/bin/python -m bench            # the full run (~10-15 minutes on 2 cores, ~5.5 GB of temp disk)
+    .venv/bin/python -m bench --quick    # a smoke run with small sizes (under a minute)
+
+The full run writes ``bench/RESULTS.md``; ``--quick`` only prints unless ``--results`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.data import FULL, QUICK, BenchInput, Sizes, generate, planned_bytes
+from bench.methods import MAIN_DIR
+from bench.micro import Measurement, Startup, measure, measure_startup, naive_fits, profile_engine
+from bench.pipeline import PipelineResults, measure_pipeline
+from bench.report import render
+
+DISK_MARGIN = 500_000_000
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per method (default 3, quick 1)")
+    parser.add_argument("--results", type=Path, help="where to write the report (default bench/RESULTS.md)")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the embedded-stack measurements")
+    parser.add_argument("--no-stamping", action="store_true", help="skip the stamping measurements")
+    return parser
+
+
+@dataclass
+class _Run:
+    """What one run collected."""
+
+    inputs: list[BenchInput] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    startup: Startup | None = None
+    profile: str = ""
+    pipeline: PipelineResults | None = None
+
+
+def _stamping(run: _Run, root: Path, sizes: Sizes, rounds: int) -> None:
+    _progress("generating data (not timed)...")
+    run.inputs = list(generate(root / "data", sizes))
+    os.sync()  # write the inputs back now, so writeback does not run during the measurements
+    run.startup = measure_startup(root, rounds=3)
+    for item in run.inputs:
+        _progress(f"measuring {item.name}")
+        if not naive_fits(item):
+            run.skipped.append(f"naive pydicom on {item.name}: would not fit in the available memory")
+        run.measurements += measure(item, root / "scratch", rounds, _progress)
+    _progress("profiling the engine on the series zip")
+    series_zip = next(i for i in run.inputs if i.role == "series_zip")
+    run.profile = profile_engine(series_zip, root / "scratch")
+
+
+def main() -> int:
+    """Run the benchmark; exit status 2 when there is not enough temporary disk."""
+    args = _parser().parse_args()
+    started = time.perf_counter()
+    sizes = QUICK if args.quick else FULL
+    rounds = args.rounds or (1 if args.quick else 3)
+    results = args.results or (None if args.quick else MAIN_DIR / "bench" / "RESULTS.md")
+    root = Path(tempfile.mkdtemp(prefix="edc-bench-", dir="/tmp"))
+    try:
+        needed = 0 if args.no_stamping else planned_bytes(sizes) + max(sizes.memory_zip_bytes) + DISK_MARGIN
+        free = shutil.disk_usage(root).free
+        if free < needed:
+            print(
+                f"not enough disk under {root}: {free / 1e9:.1f} GB free, "
+                f"the run needs ~{needed / 1e9:.1f} GB (inputs + the largest output). "
+                "Free some space or use --quick.",
+                file=sys.stderr,
+            )
+            return 2
+        _progress(f"temporary data under {root}: {free / 1e9:.1f} GB free, ~{needed / 1e9:.1f} GB needed")
+        run = _Run()
+        if not args.no_stamping:
+            _stamping(run, root, sizes, rounds)
+        if not args.no_pipeline:
+            _progress(f"whole pipeline on the embedded stack ({sizes.pipeline_files} files)")
+            (root / "pipeline").mkdir()
+            run.pipeline = measure_pipeline(sizes.pipeline_files, (1, 2), root / "pipeline", _progress)
+        text = render(
+            command=" ".join([".venv/bin/python -m bench", *sys.argv[1:]]),
+            sizes=sizes,
+            rounds=rounds,
+            inputs=run.inputs,
+            measurements=run.measurements,
+            startup=run.startup,
+            pipeline=run.pipeline,
+            profile=run.profile,
+            wall_s=time.perf_counter() - started,
+            skipped=run.skipped,
+        )
+        print(text)
+        if results:
+            results.write_text(text)
+            _progress(f"written to {results}")
+        return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
