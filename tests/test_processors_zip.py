@@ -393,10 +393,11 @@ def test_large_stored_member_streams_in_bounded_memory(tmp_path: Path) -> None:
 _SMALL_ZIP_MEMBERS: list[Member] = [
     ("a.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED),
     ("b.txt", README, zipfile.ZIP_STORED),
+    ("c.dcm", data("CT_small.dcm"), zipfile.ZIP_STORED),  # the in-place (zipraw) path
 ]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6))
 def test_damaged_zips_only_raise_permanent_errors(flips: list[tuple[int, int]], tmp_path: Path) -> None:
     original = build_zip(tmp_path / "fuzz_src.zip", _SMALL_ZIP_MEMBERS).read_bytes()

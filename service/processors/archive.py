@@ -394,21 +394,36 @@ def process_zip(
         if not series:
             raise _no_instance(entries)
         uids = checked_uids(allocate(series), series, vr)
-        issues: list[MemberIssue] = []
         with zipfile.ZipFile(dst, "w", allowZip64=True) as zout, warnings.catch_warnings():
             # Duplicate member names are carried over as they came; zipfile warns about them.
             warnings.filterwarnings("ignore", message="Duplicate name", category=UserWarning)
             writer = _Writer(zin, zout, archive, work, limits.max_total_uncompressed)
-            for info, entry in zip(infos, entries, strict=True):
-                if entry.instance is None:
-                    writer.carry(info)
-                    issue = entry.issue
-                elif entry.raw_offset is not None:
-                    uid = uids[entry.instance.key]
-                    issue = writer.stamp_raw(info, entry.instance, entry.raw_offset, tag, vr, uid)
-                else:
-                    issue = writer.stamp(info, entry.instance, tag, vr, uids[entry.instance.key])
-                if issue is not None:
-                    issues.append(issue)
+            try:
+                issues = _write_members(writer, infos, entries, uids, tag, vr)
+            except zipfile.BadZipFile:
+                raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
             zout.comment = zin.comment
     return ProcessResult(series, tuple(issues), writer.stamped, len(infos), writer.fallbacks)
+
+
+def _write_members(
+    writer: _Writer,
+    infos: Sequence[zipfile.ZipInfo],
+    entries: Sequence[_Entry],
+    uids: Mapping[SeriesKey, str],
+    tag: BaseTag,
+    vr: str,
+) -> list[MemberIssue]:
+    issues: list[MemberIssue] = []
+    for info, entry in zip(infos, entries, strict=True):
+        if entry.instance is None:
+            writer.carry(info)
+            issue = entry.issue
+        elif entry.raw_offset is not None:
+            uid = uids[entry.instance.key]
+            issue = writer.stamp_raw(info, entry.instance, entry.raw_offset, tag, vr, uid)
+        else:
+            issue = writer.stamp(info, entry.instance, tag, vr, uids[entry.instance.key])
+        if issue is not None:
+            issues.append(issue)
+    return issues

@@ -87,7 +87,10 @@ def data_offset(archive: BinaryIO, info: zipfile.ZipInfo) -> int:
     if fields[0] != _LOCAL_SIGNATURE:
         raise zipfile.BadZipFile("bad local header signature")
     name_length, extra_length = int(fields[-2]), int(fields[-1])
-    return info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    if start + info.compress_size > os.fstat(archive.fileno()).st_size:
+        raise zipfile.BadZipFile("member data runs past the end of the archive")
+    return start
 
 
 def is_raw_member(info: zipfile.ZipInfo) -> bool:
