@@ -44,7 +44,7 @@ from service.processors.reading import (
     read_header_bytes,
     transfer_syntax,
 )
-from service.processors.rewrite import read_full, rewrite_file
+from service.processors.rewrite import WHOLE_DATASET_GATE, read_full, rewrite_file
 from service.processors.splice import SplicePlan, encode_element, encode_value, plan_splice
 from service.processors.splice import splice_file as splice_bytes
 
@@ -155,11 +155,15 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
         head = fp.read(132)
     has_prefix = len(head) == 132 and head[128:132] == b"DICM"
     ts = transfer_syntax(path) if has_prefix else None
-    if ts == DEFLATED:
-        inflated = inflate_dataset(path)
-        header = read_header_bytes(inflated, SERIES_NUMBER, _SCAN_TAGS)
+    deflated = ts == DEFLATED
+    if deflated:
+        with WHOLE_DATASET_GATE:  # the inflated dataset is in memory: one at a time per process
+            inflated = inflate_dataset(path)
+            header = read_header_bytes(inflated, SERIES_NUMBER, _SCAN_TAGS)
+            if header is not None:
+                _check_inflated(path, inflated)
+            del inflated
     else:
-        inflated = None
         header = read_header(path, SERIES_NUMBER, _SCAN_TAGS)
     identified = any(_uid(header, item) for item in (SOP_CLASS_UID, STUDY_UID, SERIES_UID))
     if not identified and not has_prefix:
@@ -168,9 +172,7 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
         raise fail("ERRL2002", "DICOM header cannot be parsed")
     plan: SplicePlan | None = None
     layout: Layout | None = None
-    if inflated is not None:
-        _check_inflated(path, inflated)
-    else:
+    if not deflated:
         implicit, little = _encoding(ts, header)
         spliceable = has_prefix and ts is not None and little
         layout = _layout(path, implicit, little, may_flip=spliceable)

@@ -78,9 +78,9 @@ def read_full(path: Path) -> FileDataset:
     return dataset
 
 
-# A full rewrite holds the whole dataset in memory: one at a time per process, so N worker
-# threads never need N x file size (the splice path streams and is not gated).
-_FULL_REWRITE_GATE = threading.BoundedSemaphore(1)
+# A full rewrite (or an inflated deflated dataset) holds the whole dataset in memory: one at a
+# time per process, so N worker threads never need N x file size (the splice streams, ungated).
+WHOLE_DATASET_GATE = threading.BoundedSemaphore(1)
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
@@ -102,7 +102,7 @@ def rewrite_file(src: Path, dst: Path, tag: BaseTag, vr: str, value: str) -> Non
     with the input's. Raises ERRL2002 when the input cannot be read or is truncated, ERRL2004 when
     pydicom cannot write it or the pixel bytes differ, ``OSError`` for disk faults.
     """
-    with _FULL_REWRITE_GATE:
+    with WHOLE_DATASET_GATE:
         dataset = read_full(src)
         before = _pixel_digest(dataset)
         try:
