@@ -326,7 +326,7 @@ class _Writer:
         following = view.read(4)
         head = spliced_head(old_head[: plan.cut_start], plan, element)
         try:
-            check_spliced_head(head, following, plan, tag, element)
+            check_spliced_head(head, following, plan, element)
             if self._deep(instance.key):
                 check_head_with_pydicom(head, plan, tag, uid)
         except PermanentError as exc:

@@ -78,7 +78,7 @@ class _Walker:
     leaves the window, so a header of hundreds of elements costs a few reads.
     """
 
-    _WINDOW = 64 * 1024
+    _WINDOW = 8 * 1024
 
     def __init__(self, fp: BinaryIO, size: int, little_endian: bool) -> None:
         self._fp = fp

@@ -20,8 +20,12 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from service.processors.layout import UNDEFINED_LENGTH, Element, Layout
+from service.processors.reading import fail
 
 COPY_CHUNK = 1024 * 1024  # bounded copy buffer: memory stays flat whatever the file size
+# Everything before the splice point is built in memory up to this size (headers are kilobytes);
+# a larger head is streamed.
+MAX_HEAD_IN_MEMORY = 16 * 1024 * 1024
 
 # VRs a text UID can be written into; anything else is a configuration mistake.
 _TEXT_VRS = frozenset(
@@ -148,29 +152,60 @@ def spliced_head(prefix: bytes, plan: SplicePlan, element: bytes) -> bytes:
     return prefix[:offset] + patched + prefix[offset + 4 :] + element
 
 
-def splice_file(src: Path, dst: Path, plan: SplicePlan, element: bytes) -> None:
-    """Write ``src`` to ``dst`` with ``element`` in place of the plan's byte range.
+def splice_file(src: Path, dst: Path, plan: SplicePlan, element: bytes) -> bytes | None:
+    """Write ``src`` to ``dst`` with ``element`` in place of the plan's byte range, and check it.
 
     A group length element of the tag's group, if present, is corrected by the change in size so
-    the group stays self-consistent. Raises ``OSError`` on disk problems (or when ``src`` is not
-    the size the plan was made for); ``dst`` is left for the caller to remove.
+    the group stays self-consistent. The written file is checked for its size and for the
+    element's bytes where the plan put them, followed by a later tag (``check_placed``). Returns
+    the new head (everything before the unchanged tail) when it was small enough to build in
+    memory, else None. Raises ERRL2004 when the check fails, ``OSError`` on disk problems (or when
+    ``src`` is not the size the plan was made for); ``dst`` is left for the caller to remove.
     """
     if src.stat().st_size != plan.size:
         raise OSError(f"{src.name} changed size after it was scanned")
-    delta = len(element) - (plan.cut_end - plan.cut_start)
-    endian = "<" if plan.little_endian else ">"
-    with open(src, "rb") as source, open(dst, "wb") as target:
-        if plan.group_length_offset is not None and delta:
-            # Rewrite only the 4-byte UL value; the element header stays as it was.
-            _copy_range(source, target, plan.group_length_offset)
-            (old,) = struct.unpack(f"{endian}L", source.read(4))
-            target.write(struct.pack(f"{endian}L", (old + delta) % (UNDEFINED_LENGTH + 1)))
-            _copy_range(source, target, plan.cut_start - plan.group_length_offset - 4)
+    head: bytes | None = None
+    with open(src, "rb") as source, open(dst, "w+b") as target:
+        if plan.cut_start <= MAX_HEAD_IN_MEMORY:
+            head = spliced_head(source.read(plan.cut_start), plan, element)
+            target.write(head)
         else:
-            _copy_range(source, target, plan.cut_start)
-        target.write(element)
+            _stream_head(source, target, plan, element)
         target.flush()
         copy_tail(source, target, plan.cut_end, plan.size - plan.cut_end)
+        expected = plan.size + plan.cut_start + len(element) - plan.cut_end
+        if os.fstat(target.fileno()).st_size != expected:
+            raise fail("ERRL2004", "written instance has the wrong size")
+        found = os.pread(target.fileno(), len(element) + 4, plan.cut_start)
+    check_placed(found[: len(element)], found[len(element) :], plan, element)
+    return head
+
+
+def _stream_head(source: BinaryIO, target: BinaryIO, plan: SplicePlan, element: bytes) -> None:
+    delta = len(element) - (plan.cut_end - plan.cut_start)
+    endian = "<" if plan.little_endian else ">"
+    if plan.group_length_offset is not None and delta:
+        # Rewrite only the 4-byte UL value; the element header stays as it was.
+        _copy_range(source, target, plan.group_length_offset)
+        (old,) = struct.unpack(f"{endian}L", source.read(4))
+        target.write(struct.pack(f"{endian}L", (old + delta) % (UNDEFINED_LENGTH + 1)))
+        _copy_range(source, target, plan.cut_start - plan.group_length_offset - 4)
+    else:
+        _copy_range(source, target, plan.cut_start)
+    target.write(element)
+
+
+def check_placed(found: bytes, following: bytes, plan: SplicePlan, element: bytes) -> None:
+    """The written bytes at the splice point are ``element``, and the next element (if any) has
+    a larger tag than the tracking tag. Raises ERRL2004."""
+    if found != element:
+        raise fail("ERRL2004", "written instance does not carry the tracking UID where planned")
+    if len(following) >= 4:
+        endian = "<" if plan.little_endian else ">"
+        group, number = struct.unpack(f"{endian}HH", following[:4])
+        own_group, own_number = struct.unpack(f"{endian}HH", element[:4])
+        if (group, number) <= (own_group, own_number):
+            raise fail("ERRL2004", "written instance has elements out of order after the tracking UID")
 
 
 def copy_tail(source: BinaryIO, target: BinaryIO, offset: int, count: int) -> None:
