@@ -1,6 +1,6 @@
 """``python -m bench``: generate data, measure, print the tables, write bench/RESULTS.md.
 
-    .venv/bin/python -m bench            # the full run (~10-15 minutes on 2 cores, ~5.5 GB of temp disk)
+    .venv/bin/python -m bench            # the full run (~5 minutes on 2 cores, ~5.5 GB of temp disk)
     .venv/bin/python -m bench --quick    # a smoke run with small sizes (under a minute)
 
 The full run writes ``bench/RESULTS.md``; ``--quick`` only prints unless ``--results`` is given.
@@ -21,7 +21,7 @@ from bench.data import FULL, QUICK, BenchInput, Sizes, generate, planned_bytes
 from bench.methods import MAIN_DIR
 from bench.micro import Measurement, Startup, measure, measure_startup, naive_fits, profile_engine
 from bench.pipeline import PipelineResults, measure_pipeline
-from bench.report import render
+from bench.report import code_state, render
 
 DISK_MARGIN = 500_000_000
 
@@ -33,7 +33,7 @@ def _progress(text: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: a smoke run")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per method (default 3, quick 1)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per method (default 5, quick 1)")
     parser.add_argument("--results", type=Path, help="where to write the report (default bench/RESULTS.md)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the embedded-stack measurements")
     parser.add_argument("--no-stamping", action="store_true", help="skip the stamping measurements")
@@ -48,7 +48,7 @@ class _Run:
     measurements: list[Measurement] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     startup: Startup | None = None
-    profile: str = ""
+    profiles: list[tuple[str, str]] = field(default_factory=list)
     pipeline: PipelineResults | None = None
 
 
@@ -62,17 +62,19 @@ def _stamping(run: _Run, root: Path, sizes: Sizes, rounds: int) -> None:
         if not naive_fits(item):
             run.skipped.append(f"naive pydicom on {item.name}: would not fit in the available memory")
         run.measurements += measure(item, root / "scratch", rounds, _progress)
-    _progress("profiling the engine on the series zip")
-    series_zip = next(i for i in run.inputs if i.role == "series_zip")
-    run.profile = profile_engine(series_zip, root / "scratch")
+    for item in run.inputs:
+        if item.role in ("series_zip", "series_files"):
+            _progress(f"profiling the engine on {item.name}")
+            run.profiles.append((item.name, profile_engine(item, root / "scratch")))
 
 
 def main() -> int:
     """Run the benchmark; exit status 2 when there is not enough temporary disk."""
     args = _parser().parse_args()
     started = time.perf_counter()
+    code_before = code_state()
     sizes = QUICK if args.quick else FULL
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 5)
     results = args.results or (None if args.quick else MAIN_DIR / "bench" / "RESULTS.md")
     root = Path(tempfile.mkdtemp(prefix="edc-bench-", dir="/tmp"))
     try:
@@ -102,7 +104,8 @@ def main() -> int:
             measurements=run.measurements,
             startup=run.startup,
             pipeline=run.pipeline,
-            profile=run.profile,
+            profiles=run.profiles,
+            code_before=code_before,
             wall_s=time.perf_counter() - started,
             skipped=run.skipped,
         )

@@ -40,6 +40,11 @@ class Measurement:
         return self.nbytes / 1e6 / self.seconds
 
     @property
+    def mb_per_s_range(self) -> tuple[float, float]:
+        """Slowest and fastest run, in MB/s."""
+        return self.nbytes / 1e6 / max(self.runs), self.nbytes / 1e6 / min(self.runs)
+
+    @property
     def files_per_s(self) -> float:
         """Instances (files or zip members) per second."""
         return self.files / self.seconds
@@ -112,12 +117,15 @@ def _run_once(item: BenchInput, method: str, scratch: Path, profile: int = 0) ->
 def measure(
     item: BenchInput, scratch: Path, rounds: int, progress: Callable[[str], None]
 ) -> list[Measurement]:
-    """Every method on ``item``, ``rounds`` times, interleaved (raw, naive, engine, raw, ...)."""
+    """Every method on ``item``, ``rounds`` times, interleaved and rotated (raw, naive, engine, naive,
+    engine, raw, ...)."""
     methods = [m for m in methods_for(item) if m != "naive" or naive_fits(item)]
     warm_page_cache(item.paths)
     results: dict[str, list[ChildResult]] = {m: [] for m in methods}
     for n in range(rounds):
-        for method in methods:
+        # Rotate the order each round, so no method always follows the same one (the previous run's
+        # deleted output is still being trimmed and its freed memory returned to the host).
+        for method in methods[n % len(methods) :] + methods[: n % len(methods)]:
             result = _run_once(item, method, scratch)
             results[method].append(result)
             progress(
@@ -152,8 +160,11 @@ def measure_startup(scratch: Path, rounds: int) -> Startup:
 
 
 def profile_engine(item: BenchInput, scratch: Path, top: int = 10) -> str:
-    """cProfile of the engine on ``item`` in a child, top entries by cumulative time."""
+    """cProfile of the engine on ``item`` in a child: the ``top`` entries by cumulative time (below
+    the bench's own three wrappers, which come first), then the ``top`` entries by own time."""
     warm_page_cache(item.paths)
     text = str(_run_once(item, "engine", scratch, profile=top).extra.get("profile", ""))
-    # pstats prints absolute paths; the venv prefix is noise in a report.
-    return text.replace(sys.prefix + "/", "").replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+    # pstats prints absolute paths; the prefixes are noise in a report.
+    for prefix in (sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent.parent)):
+        text = text.replace(prefix + "/", "")
+    return text

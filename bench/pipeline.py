@@ -37,6 +37,7 @@ SAMPLE = "CT_small.dcm"  # pydicom's bundled test data, ~39 KB
 KEY = "subjecteventcrffile/1/101/CT Scan/{code}.dcm"
 WORKER_CONCURRENCY = 4  # the service default, per worker process
 JOB_TIMEOUT_S = 600.0
+CEILING_THREADS = (1, 2, 4)  # 4: as many as one worker process runs jobs at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +356,7 @@ def measure_pipeline(
     ceilings, runs = [], []
     with _services(workdir) as (endpoint, admin_url):
         progress(f"  embedded stack up: moto at {endpoint}")
-        for threads in (1, 2):
+        for threads in CEILING_THREADS:
             ceiling = _measure_ceiling(endpoint, threads, files)
             progress(f"  emulator ceiling, {threads} thread(s): {ceiling.files_per_s:.1f} files/s")
             ceilings.append(ceiling)
