@@ -87,15 +87,7 @@ class PipelineResults:
 def _names(tag: str) -> Any:
     from service.local.stack import StackNames
 
-    return StackNames(
-        source_bucket=f"bench-{tag}-uploads",
-        destination_bucket=f"bench-{tag}-labs",
-        error_log_bucket=f"bench-{tag}-logs",
-        queue=f"bench-{tag}-queue",
-        dlq=f"bench-{tag}-dlq",
-        admin_topic=f"bench-{tag}-admin",
-        admin_inbox=f"bench-{tag}-inbox",
-    )
+    return StackNames.prefixed(f"bench-{tag}")
 
 
 def _child(mode: str, spec: dict[str, Any], timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:

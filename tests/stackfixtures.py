@@ -180,16 +180,7 @@ def make_stack(endpoint: str, admin_url: str, *, max_receive_count: int = 40) ->
     """Provision a fresh, uniquely named stack on the shared moto server and PostgreSQL."""
     n = next(_counter)
     suffix = f"t{n}-{int(time.time() * 1000) % 10**8}"
-    names = StackNames(
-        source_bucket=f"src-{suffix}",
-        destination_bucket=f"dst-{suffix}",
-        error_log_bucket=f"log-{suffix}",
-        queue=f"q-{suffix}",
-        dlq=f"dlq-{suffix}",
-        admin_topic=f"admin-{suffix}",
-        admin_inbox=f"inbox-{suffix}",
-        max_receive_count=max_receive_count,
-    )
+    names = StackNames.prefixed(suffix, max_receive_count=max_receive_count)
     aws = provision_aws(endpoint, names)
     db_suffix = suffix.replace("-", "_")
     edc_url = create_database(admin_url, f"edc_{db_suffix}")

@@ -69,6 +69,21 @@ class StackNames:
     max_receive_count: int = 40
 
 
+    @classmethod
+    def prefixed(cls, prefix: str, *, max_receive_count: int = 40) -> StackNames:
+        """Names for a separate stack on the same server (tests, benchmarks): ``{prefix}-...``."""
+        return cls(
+            source_bucket=f"{prefix}-uploads",
+            destination_bucket=f"{prefix}-labs",
+            error_log_bucket=f"{prefix}-logs",
+            queue=f"{prefix}-queue",
+            dlq=f"{prefix}-dlq",
+            admin_topic=f"{prefix}-admin",
+            admin_inbox=f"{prefix}-inbox",
+            max_receive_count=max_receive_count,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class AwsResources:
     """What ``provision_aws`` created."""
