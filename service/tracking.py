@@ -246,6 +246,23 @@ class TrackingStore:
     def complete_job(self, job_id: int, owner: str, errors: Sequence[ErrorEntry], now: datetime) -> None:
         """Completed, with its error rows, in one transaction; any error means has_error."""
         code = errors[0].code if errors else None
+        self._settle(job_id, owner, COMPLETED, code, errors, now)
+
+    def fail_job(
+        self, job_id: int, owner: str, code: str, errors: Sequence[ErrorEntry], now: datetime
+    ) -> None:
+        """Failed (the file is not in quarantine), with its error rows, in one transaction."""
+        self._settle(job_id, owner, FAILED, code, errors, now)
+
+    def _settle(
+        self,
+        job_id: int,
+        owner: str,
+        status: str,
+        code: str | None,
+        errors: Sequence[ErrorEntry],
+        now: datetime,
+    ) -> None:
         with self._db.transaction() as cur:
             self._update_owned_in(
                 cur,
@@ -254,23 +271,7 @@ class TrackingStore:
                 now,
                 "status = %s, has_error = %s, error_code = %s, completed_at = %s,"
                 " lease_owner = NULL, lease_until = NULL",
-                (COMPLETED, code is not None, code, now),
-            )
-            self._insert_errors(cur, job_id, errors, now)
-
-    def fail_job(
-        self, job_id: int, owner: str, code: str, errors: Sequence[ErrorEntry], now: datetime
-    ) -> None:
-        """Failed (the file is not in quarantine), with its error rows, in one transaction."""
-        with self._db.transaction() as cur:
-            self._update_owned_in(
-                cur,
-                job_id,
-                owner,
-                now,
-                "status = %s, has_error = true, error_code = %s, completed_at = %s,"
-                " lease_owner = NULL, lease_until = NULL",
-                (FAILED, code, now),
+                (status, code is not None, code, now),
             )
             self._insert_errors(cur, job_id, errors, now)
 
