@@ -76,7 +76,7 @@ class Settings:
     retry_backoff_max_s: int  # RETRY_BACKOFF_MAX_S: cap of the doubling re-show delay
     dicom_tracking_tag: BaseTag  # DICOM_TRACKING_TAG: "gggg,eeee" or a keyword
     work_dir: Path | None  # WORK_DIR: temp space for downloads and outputs
-    max_object_bytes: int  # MAX_OBJECT_BYTES: larger uploads fail with ERRL5001
+    max_object_bytes: int  # MAX_OBJECT_BYTES: larger uploads fail with ERRL2003
     zip_max_members: int  # ZIP_MAX_MEMBERS
     zip_max_expanded_bytes: int  # ZIP_MAX_EXPANDED_BYTES
     zip_max_ratio: float  # ZIP_MAX_RATIO: expanded/compressed size of one member

@@ -15,6 +15,7 @@ import psycopg2
 from service.db import Database
 from service.errors import PermanentError, RetryableError, Stage
 from service.keys import SourceKey
+from service.retry import is_transient_db_error
 
 _COLUMNS = (
     "ddcrf_name",
@@ -57,8 +58,8 @@ class EdcLookup:
     def lookup_crf_file(self, key: SourceKey) -> EdcRecord | None:
         """The record for ``key``, or None when the replica does not have it (yet).
 
-        Raises ``PermanentError`` ERRL1004 for several matches, ``RetryableError`` ERRS1004 when
-        the replica cannot be reached or the query fails.
+        Raises ``PermanentError`` ERRL1005 for several matches, ``RetryableError`` ERRL1002 when
+        the replica cannot be reached, ERRL1004 when the query fails.
         """
         params = {
             "subject_id": key.subject_id,
@@ -72,17 +73,21 @@ class EdcLookup:
                 rows = cur.fetchmany(2)
                 names = [d[0] for d in cur.description or ()]
         except psycopg2.Error as exc:
+            if is_transient_db_error(exc):
+                raise RetryableError(
+                    "ERRL1002", f"EDC replica unreachable ({type(exc).__name__})", Stage.EDC_LOOKUP
+                ) from exc
             raise RetryableError(
-                "ERRS1004", f"EDC query failed ({type(exc).__name__})", Stage.EDC_LOOKUP
+                "ERRL1004", f"EDC query failed ({type(exc).__name__})", Stage.EDC_LOOKUP
             ) from exc
         if not rows:
             return None
         if len(rows) > 1:
-            raise PermanentError("ERRL1004", "several EDC rows match the file", Stage.EDC_LOOKUP)
+            raise PermanentError("ERRL1005", "several EDC rows match the file", Stage.EDC_LOOKUP)
         row = dict(zip(names, rows[0], strict=True))
         missing = [c for c in _COLUMNS if c not in row]
         if missing:
-            raise RetryableError("ERRS1004", f"EDC lookup SQL lacks columns {missing}", Stage.EDC_LOOKUP)
+            raise RetryableError("ERRL1004", f"EDC lookup SQL lacks columns {missing}", Stage.EDC_LOOKUP)
         return EdcRecord(
             ddcrf_name=str(row["ddcrf_name"]),
             ddfile_name=str(row["ddfile_name"]),

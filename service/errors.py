@@ -5,6 +5,10 @@ The worker decides what happens to a message from the exception *type* alone:
 the message to come back after a visibility timeout (and, after ``maxReceiveCount`` deliveries, to
 the dead-letter queue). Messages are built by this service from codes, UIDs and counts: never put
 an exception's text from a DICOM library into one, it may quote a header value (PHI).
+
+The dictionary is the design's (CONTRACT section 7): a situation the design names keeps its code;
+new situations take the next free number of their stage. Whether a code is retried is its
+``outcome``, never its letter.
 """
 
 from __future__ import annotations
@@ -27,50 +31,106 @@ class Stage(StrEnum):
     WORKER = "worker"
 
 
+class Outcome(StrEnum):
+    """What the worker does with a job that raised the code (a column of the README table)."""
+
+    PERMANENT = "permanent"  # recorded, the message acknowledged: it never loops
+    RETRIED = "retried"  # the message comes back; recorded as Failed when deliveries run out
+    RECORDED = "recorded"  # an error row and report only: the job goes on (or is already settled)
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCode:
-    """One entry of the error dictionary: the code, what it means, and whether it can pass."""
+    """One entry of the error dictionary: the code, what it means, and what happens to the job."""
 
     code: str
     meaning: str
-    retryable: bool = False
+    outcome: Outcome = Outcome.PERMANENT
+    design: bool = False  # the design's own dictionary names this situation (CONTRACT section 7)
+
+    @property
+    def retryable(self) -> bool:
+        return self.outcome is Outcome.RETRIED
 
 
+_P, _R, _D = Outcome.PERMANENT, Outcome.RETRIED, Outcome.RECORDED
+
+# Numbered by the stage that raises them (CONTRACT section 7): L1 the EDC read-replica query and
+# its input (the key), L2 starting the processing (download, local space), L3 the processing's
+# outcome, L4 the copy to the destination and recording the result, L8 the pipeline job and its
+# deliveries; S the DICOM processing itself. ``design=True``: the design's code for that situation.
 _CODES = (
-    # ERRL: the file or its record is the problem. Permanent unless marked.
     ErrorCode(
-        "ERRL1001", "Source key does not match subjecteventcrffile/{subject}/{crf}/{ddfile}/{version}{ext}"
+        "ERRL1001",
+        "Missing expected input: the source key does not match"
+        " subjecteventcrffile/{subject}/{crf}/{ddfile}/{version}{ext}",
+        design=True,
     ),
-    ErrorCode("ERRL1002", "Source object version no longer exists in the source bucket"),
-    ErrorCode("ERRL1003", "EDC record not found in the read replica within the replica-lag window"),
-    ErrorCode("ERRL1004", "EDC lookup returned more than one record for the file"),
-    ErrorCode("ERRL2001", "File is not DICOM"),
-    ErrorCode("ERRL2002", "DICOM file is corrupt or truncated"),
-    ErrorCode("ERRL2003", "DICOM instance lacks a Study or Series Instance UID"),
-    ErrorCode("ERRL2004", "DICOM instance could not be stamped; carried over unchanged"),
-    ErrorCode("ERRL3001", "Zip archive is corrupt or unreadable"),
-    ErrorCode("ERRL3002", "Zip member name is absolute or escapes the archive (path traversal)"),
-    ErrorCode("ERRL3003", "Zip archive exceeds the member count, expanded size or ratio limits"),
-    ErrorCode("ERRL3004", "Zip archive contains a nested archive"),
-    ErrorCode("ERRL3005", "Zip member is not DICOM; carried over unchanged"),
-    ErrorCode("ERRL3006", "Zip archive contains no DICOM instance"),
-    ErrorCode("ERRL3007", "Zip archive is encrypted"),
-    ErrorCode("ERRL4001", "Quarantine object exists and belongs to another job; not overwritten"),
-    ErrorCode("ERRL5001", "Object is larger than the configured maximum size"),
-    ErrorCode("ERRL8001", "Unexpected internal error", retryable=True),
-    # ERRS: the system around the file is the problem. Retried; recorded when retries run out.
-    ErrorCode("ERRS1001", "Message body is not a recognised S3 event"),
-    ErrorCode("ERRS1002", "Source bucket unavailable (network, throttling, 5xx)", retryable=True),
-    ErrorCode("ERRS1003", "Destination bucket unavailable (network, throttling, 5xx)", retryable=True),
-    ErrorCode("ERRS1004", "EDC read replica unavailable", retryable=True),
-    ErrorCode("ERRS1005", "Pipeline database unavailable", retryable=True),
-    ErrorCode("ERRS1006", "Notification topic unavailable", retryable=True),
-    ErrorCode("ERRS1007", "Local temporary storage full or unwritable", retryable=True),
-    ErrorCode("ERRS1008", "Processing interrupted by worker shutdown", retryable=True),
-    ErrorCode("ERRS1009", "Job is being processed by another delivery", retryable=True),
-    ErrorCode("ERRS1010", "Delivery attempts exhausted; message moves to the dead-letter queue"),
-    ErrorCode("ERRS1011", "Error log could not be written", retryable=True),
+    ErrorCode("ERRL1002", "Failed to connect to the EDC read replica", _R, design=True),
+    ErrorCode(
+        "ERRL1003", "EDC record not found in the read replica within the replica-lag window", design=True
+    ),
+    ErrorCode(
+        "ERRL1004", "Failed to query the EDC record (query error, or the lookup lacks columns)", _R, True
+    ),
+    ErrorCode("ERRL1005", "EDC lookup returned more than one record for the file"),
+    ErrorCode(
+        "ERRL2001", "Error starting the processing: the source object could not be downloaded", _R, True
+    ),
+    ErrorCode("ERRL2002", "Missing required input: the source object version no longer exists", design=True),
+    ErrorCode("ERRL2003", "Object is larger than MAX_OBJECT_BYTES"),
+    ErrorCode("ERRL2004", "Object cannot fit in WORK_DIR (its file system is too small for it)"),
+    ErrorCode("ERRL2005", "Local temporary storage full or unwritable", _R),
+    ErrorCode("ERRL3002", "No instance of the upload could be stamped; nothing was put in quarantine"),
+    ErrorCode(
+        "ERRL4001",
+        "Missing required input for the copy: an EDC field the quarantine name needs is empty",
+        design=True,
+    ),
+    ErrorCode("ERRL4002", "Error copying the file to the destination bucket (S3 unavailable)", _R, True),
+    ErrorCode("ERRL4003", "Call to record the result failed (pipeline database)", _R, design=True),
+    ErrorCode("ERRL4004", "Quarantine object exists and belongs to another job; not overwritten"),
+    ErrorCode("ERRL4005", "Quarantine key or object metadata is too long for S3"),
+    ErrorCode("ERRL4006", "Notification topic unavailable", _D),
+    ErrorCode("ERRL4007", "Error log could not be written", _D),
+    ErrorCode("ERRL8001", "Call to create the pipeline job failed (pipeline database)", _R, design=True),
+    ErrorCode("ERRL8002", "Job is being processed by another delivery", _R),
+    ErrorCode("ERRL8003", "Delivery attempts exhausted; the message moves to the dead-letter queue"),
+    ErrorCode("ERRL8004", "Processing interrupted by worker shutdown; released for another task", _R),
+    ErrorCode("ERRL8005", "Unexpected internal error", _R),
+    ErrorCode(
+        "ERRS1001", "Missing expected input parameter: the message is not a recognised S3 event", _D, True
+    ),
+    ErrorCode("ERRS1002", "Failed to read the DICOM file: corrupt or truncated", design=True),
+    ErrorCode("ERRS1003", "The tracking answer does not match the input (pipeline_file_id)", _R, design=True),
+    ErrorCode("ERRS1004", "Failed to call the tracking API: the pipeline database is unavailable", _R, True),
+    ErrorCode("ERRS1005", "The tracking API returned a failed response (a statement was refused)", _R, True),
+    ErrorCode("ERRS1006", "The ATRIUID is an empty string in the tracking response", _R, design=True),
+    ErrorCode("ERRS1007", "No ATRIUID in the tracking response for a study_uid / series_uid", _R, True),
+    ErrorCode(
+        "ERRS1008", "ATRIUID insert failed for an image: the instance could not be stamped", design=True
+    ),
+    ErrorCode("ERRS1009", "Failed to read the DICOM file during the ATRIUID insert", design=True),
+    ErrorCode(
+        "ERRS1010",
+        "Invalid input folder location: a zip member is absolute, escapes the archive or is a link",
+        design=True,
+    ),
+    ErrorCode("ERRS1011", "Input files missing: the zip archive contains no DICOM instance", design=True),
+    ErrorCode("ERRS1012", "File is not DICOM"),
+    ErrorCode("ERRS1013", "Zip member is not DICOM; carried over unchanged", _D),
+    ErrorCode("ERRS1014", "DICOM instance lacks a Study or Series Instance UID"),
+    ErrorCode("ERRS1015", "Zip archive is corrupt or unreadable"),
+    ErrorCode(
+        "ERRS1016",
+        "Zip archive exceeds a limit: member count, expanded size, ratio, or members that overlap",
+    ),
+    ErrorCode("ERRS1017", "Zip archive contains a nested archive"),
+    ErrorCode("ERRS1018", "Zip archive is encrypted"),
+    ErrorCode("ERRS1019", "Two zip members share one name (one overwrites the other when unzipped)", _D),
+    ErrorCode("ERRS1020", "Instance too large for the in-memory rewrite (MAX_IN_MEMORY_BYTES)"),
 )
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorEntry:

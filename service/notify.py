@@ -29,7 +29,7 @@ class Notifier:
         self._topic_arn = topic_arn
 
     def publish(self, subject: str, message: str) -> None:
-        """Publish one notification. Raises ``RetryableError`` ERRS1006 when SNS stays unavailable."""
+        """Publish one notification. Raises ``RetryableError`` ERRL4006 when SNS stays unavailable."""
         if self._sns is None or not self._topic_arn:
             log.info("notify.skipped_no_topic", subject=subject)
             return
@@ -37,7 +37,7 @@ class Notifier:
             self._publish(subject[:_SUBJECT_LIMIT], message)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise RetryableError(
-                "ERRS1006", f"SNS publish failed ({type(exc).__name__})", Stage.NOTIFY
+                "ERRL4006", f"SNS publish failed ({type(exc).__name__})", Stage.NOTIFY
             ) from exc
 
     @aws_retry

@@ -28,6 +28,7 @@ from service.processors.archive import member_suffix
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
 from service.quarantine import place_in_quarantine
 from service.reporting import JobReport, Reporter
+from service.retry import is_transient_db_error
 from service.s3io import ObjectRef, ObjectStore
 from service.tracking import COMPLETED, EXHAUSTED_CODE, FAILED, Job, LeaseLostError, Pipeline, TrackingStore
 
@@ -138,7 +139,7 @@ class ObjectHandler:
                 return Outcome.done("duplicate delivery")
             lease = timedelta(seconds=self._options.lease_s)
             if not self._tracking.claim_job(job.id, delivery.owner, now, lease):
-                log.info("job.claimed_elsewhere", error_code="ERRS1009")
+                log.info("job.claimed_elsewhere", error_code="ERRL8002")
                 # Look again after the usual backoff: by then the other delivery has settled it.
                 return Outcome.retry("claimed by another delivery")
             attempt = _Attempt(source, pipeline, job, delivery)
@@ -174,13 +175,15 @@ class ObjectHandler:
         if isinstance(exc, RetryableError):
             entry = _entry(exc)
         elif isinstance(exc, psycopg2.Error):  # the tracking database failed mid-job
-            entry = ErrorEntry("ERRS1005", f"pipeline database error ({type(exc).__name__})", Stage.TRACKING)
+            # Unreachable (connection, failover) or refused (a statement failed): S1004 / S1005.
+            code = "ERRS1004" if is_transient_db_error(exc) else "ERRS1005"
+            entry = ErrorEntry(code, f"pipeline database error ({type(exc).__name__})", Stage.TRACKING)
         elif isinstance(exc, OSError):  # local disk: full, unwritable temp dir
             log.warning("job.local_io_error", **describe_exception(exc))
-            entry = ErrorEntry("ERRS1007", f"local I/O failed ({type(exc).__name__})", Stage.PROCESS)
+            entry = ErrorEntry("ERRL2005", f"local I/O failed ({type(exc).__name__})", Stage.PROCESS)
         else:  # a bug: retried like a transient fault, recorded when deliveries run out
             log.error("job.unexpected_error", **describe_exception(exc))
-            entry = ErrorEntry("ERRL8001", f"unexpected {type(exc).__name__}", Stage.WORKER)
+            entry = ErrorEntry("ERRL8005", f"unexpected {type(exc).__name__}", Stage.WORKER)
         return self._retry_or_exhaust(attempt, entry)
 
     def _run(self, attempt: _Attempt) -> Outcome:
@@ -193,7 +196,7 @@ class ObjectHandler:
         self._tracking.record_edc(attempt.job.id, owner, record, self._clock())
         size = attempt.source.size
         if size is not None and size > self._options.max_object_bytes:
-            raise PermanentError("ERRL5001", f"{size} bytes > MAX_OBJECT_BYTES", Stage.DOWNLOAD)
+            raise PermanentError("ERRL2003", f"{size} bytes > MAX_OBJECT_BYTES", Stage.DOWNLOAD)
         bucket = self._options.destination_bucket
         with tempfile.TemporaryDirectory(prefix="edc-job-", dir=self._options.work_dir) as tmp:
             result = self._stamp(attempt, Path(tmp))
@@ -220,7 +223,10 @@ class ObjectHandler:
         job_id = attempt.job.id
 
         def allocate(series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]:
-            return self._tracking.allocate_series(job_id, series)
+            uids = self._tracking.allocate_series(job_id, series)
+            if any(not uid.startswith(f"{job_id}.") for uid in uids.values()):
+                raise RetryableError("ERRS1003", "tracking UIDs belong to another job", Stage.TRACKING)
+            return uids
 
         result = process_upload(
             tmp / "source",
@@ -246,7 +252,12 @@ class ObjectHandler:
 
     def _complete(self, attempt: _Attempt, result: ProcessResult, entries: list[ErrorEntry]) -> Outcome:
         now = self._clock()
-        self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, entries, now)
+        try:
+            self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, entries, now)
+        except psycopg2.Error as exc:
+            raise RetryableError(
+                "ERRL4003", f"recording the result failed ({type(exc).__name__})", Stage.TRACKING
+            ) from exc
         first_code = entries[0].code if entries else None
         log.info(
             "job.completed",

@@ -32,7 +32,7 @@ def place_in_quarantine(
     """Write ``path`` to ``bucket/key`` once.
 
     If the key already holds this job's object (an earlier attempt wrote it, then died before
-    recording it), that object stands. If it holds another job's object, raise ERRL4001: a
+    recording it), that object stands. If it holds another job's object, raise ERRL4004: a
     quarantine object is never overwritten.
     """
     if store.upload_once(path, bucket, key, quarantine_metadata(job_id, source)):
@@ -41,4 +41,4 @@ def place_in_quarantine(
     if existing.get(JOB_ID_METADATA) == str(job_id):
         log.info("quarantine.already_written", pipeline_file_id=job_id)
         return
-    raise PermanentError("ERRL4001", "destination key holds another job's object", Stage.QUARANTINE)
+    raise PermanentError("ERRL4004", "destination key holds another job's object", Stage.QUARANTINE)

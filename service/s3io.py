@@ -53,18 +53,18 @@ class ObjectStore:
     def download(self, ref: ObjectRef, path: Path) -> int:
         """Stream the exact object version to ``path``; return its size.
 
-        Raises ``PermanentError`` ERRL1002 when that version is gone (deleted or overwritten),
-        ``RetryableError`` ERRS1002 when S3 stays unavailable after retries.
+        Raises ``PermanentError`` ERRL2002 when that version is gone (deleted or overwritten),
+        ``RetryableError`` ERRL2001 when S3 stays unavailable after retries.
         """
         try:
             return self._download(ref, path)
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "PreconditionFailed", "412"):
-                raise PermanentError("ERRL1002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
-            raise _unavailable("ERRS1002", exc, Stage.DOWNLOAD) from exc
+                raise PermanentError("ERRL2002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
+            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
         except botocore.exceptions.BotoCoreError as exc:
-            raise _unavailable("ERRS1002", exc, Stage.DOWNLOAD) from exc
+            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
 
     @aws_retry
     def _download(self, ref: ObjectRef, path: Path) -> int:
@@ -88,7 +88,7 @@ class ObjectStore:
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise _unavailable("ERRS1003", exc, Stage.QUARANTINE) from exc
+            raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
         return {str(k): str(v) for k, v in response.get("Metadata", {}).items()}
 
     @aws_retry
@@ -99,7 +99,7 @@ class ObjectStore:
         """Write ``path`` to ``bucket/key`` unless an object is already there; never overwrite.
 
         Returns True when written now, False when the key already existed (the caller decides
-        whether the existing object is its own earlier attempt). Raises ``RetryableError`` ERRS1003
+        whether the existing object is its own earlier attempt). Raises ``RetryableError`` ERRL4002
         when S3 stays unavailable.
         """
         try:
@@ -110,9 +110,9 @@ class ObjectStore:
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 return False
-            raise _unavailable("ERRS1003", exc, Stage.QUARANTINE) from exc
+            raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
         except botocore.exceptions.BotoCoreError as exc:
-            raise _unavailable("ERRS1003", exc, Stage.QUARANTINE) from exc
+            raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
         return True
 
     @aws_retry
@@ -179,11 +179,11 @@ class ObjectStore:
             self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
     def put_text(self, bucket: str, key: str, text: str) -> None:
-        """Write a small UTF-8 text object (error logs). Raises ``RetryableError`` ERRS1011."""
+        """Write a small UTF-8 text object (error logs). Raises ``RetryableError`` ERRL4007."""
         try:
             self._put_text(bucket, key, text)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise _unavailable("ERRS1011", exc, Stage.NOTIFY) from exc
+            raise _unavailable("ERRL4007", exc, Stage.NOTIFY) from exc
 
     @aws_retry
     def _put_text(self, bucket: str, key: str, text: str) -> None:

@@ -19,7 +19,7 @@ from service.processors.base import SeriesKey, SeriesSummary
 
 STARTED, IN_PROGRESS, COMPLETED, FAILED = "Started", "In Progress", "Completed", "Failed"
 # A job failed only because deliveries ran out; a redrive from the DLQ may run it again.
-EXHAUSTED_CODE = "ERRS1010"
+EXHAUSTED_CODE = "ERRL8003"
 
 
 class LeaseLostError(Exception):

@@ -199,7 +199,7 @@ class Worker:
             try:
                 return self._handler.handle(source, delivery)
             except Exception as exc:  # noqa: BLE001 - a database outage before a job row exists
-                log.error("worker.object_failed", **describe_exception(exc))
+                log.error("worker.object_failed", error_code="ERRL8001", **describe_exception(exc))
                 return Outcome.retry(f"unhandled {type(exc).__name__}")
 
     def _combine(self, message: Message, outcomes: list[Outcome]) -> MessageResult:
@@ -278,7 +278,7 @@ class Worker:
             unfinished = list(self._in_flight.futures.values())
             self._in_flight.futures.clear()
         if unfinished:
-            log.warning("worker.released_unfinished", count=len(unfinished), error_code="ERRS1008")
+            log.warning("worker.released_unfinished", count=len(unfinished), error_code="ERRL8004")
             try:
                 self._queue.change_visibility([(m, 0) for m in unfinished])
             except Exception as exc:  # noqa: BLE001 - the messages come back when their lease ends

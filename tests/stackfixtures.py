@@ -37,7 +37,7 @@ PIPELINE_CODE = "IMAGING"
 HANDLED_DDFILES = ("CT Scan", "MRI Series")
 _counter = itertools.count(1)
 
-# Test EDC: the demo rows plus a version code with a '+' and a duplicated record (ERRL1004).
+# Test EDC: the demo rows plus a version code with a '+' and a duplicated record (ERRL1005).
 TEST_EDC: dict[str, list[tuple[Any, ...]]] = {
     **DEMO_EDC,
     "subjecteventcrffile": [

@@ -39,7 +39,7 @@ def test_stamp_of_a_bad_file_prints_its_code(tmp_path: Path, capsys: pytest.Capt
     bad = tmp_path / "bad.dcm"
     bad.write_text("hello")
     assert main(["stamp", str(bad), str(tmp_path / "out.dcm")], {}) == 1
-    assert capsys.readouterr().err.startswith("ERRL2001")
+    assert capsys.readouterr().err.startswith("ERRS1012")
 
 
 def test_migrate_and_pipelines(stack: TestStack, capsys: pytest.CaptureFixture[str]) -> None:

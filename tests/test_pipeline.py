@@ -79,10 +79,10 @@ def test_zip_with_a_non_dicom_member_is_completed_with_error(stack: TestStack, t
     with stack.worker():
         stack.upload(OTHER_KEY, write_mixed_zip(tmp_path / "mixed.zip"))
         (job,) = stack.wait_settled(1)
-    assert (job["status"], job["has_error"], job["error_code"]) == ("Completed", True, "ERRL3005")
+    assert (job["status"], job["has_error"], job["error_code"]) == ("Completed", True, "ERRS1013")
     (error,) = stack.errors()
     assert (error["error_code"], error["member"], error["edc_pipeline_file_id"]) == (
-        "ERRL3005",
+        "ERRS1013",
         "#2.txt",  # members are named by position, never by name (names can carry PHI)
         job["id"],
     )
@@ -94,7 +94,7 @@ def test_zip_with_a_non_dicom_member_is_completed_with_error(stack: TestStack, t
         "image_pipelines/error_logs/IMAGING/Imaging_CTScan_P-002"
     )
     (note,) = stack.notifications()
-    assert "ERRL3005" in note["subject"] and "member=#2.txt" in note["message"]
+    assert "ERRS1013" in note["subject"] and "member=#2.txt" in note["message"]
     assert "README" not in note["message"]  # members are named by position, never by name
 
 
@@ -116,18 +116,18 @@ def _bad_uploads(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("zeros.dcm", b"\0" * (30 * 1024 * 1024))
     return {
-        "ERRL2001": ("v2.dcm", write_not_dicom(tmp_path / "bad.dcm").read_bytes()),
-        "ERRL2002": ("v2.dcm", bundled_file("MR_truncated.dcm").read_bytes()),
-        "ERRL3001": ("v2.zip", b"PK\x03\x04" + b"\x07" * 200),
-        "ERRL3002": ("v2.zip", evil.getvalue()),
-        "ERRL3003": ("v2.zip", bomb.getvalue()),
-        "ERRL3004": ("v2.zip", zip_of(**{"inner.zip": zip_of(**{"a.dcm": ct})})),
-        "ERRL3006": ("v2.zip", zip_of(**{"notes.txt": b"hello", "more.txt": b"again"})),
+        "ERRS1012": ("v2.dcm", write_not_dicom(tmp_path / "bad.dcm").read_bytes()),
+        "ERRS1002": ("v2.dcm", bundled_file("MR_truncated.dcm").read_bytes()),
+        "ERRS1015": ("v2.zip", b"PK\x03\x04" + b"\x07" * 200),
+        "ERRS1010": ("v2.zip", evil.getvalue()),
+        "ERRS1016": ("v2.zip", bomb.getvalue()),
+        "ERRS1017": ("v2.zip", zip_of(**{"inner.zip": zip_of(**{"a.dcm": ct})})),
+        "ERRS1011": ("v2.zip", zip_of(**{"notes.txt": b"hello", "more.txt": b"again"})),
     }
 
 
 @pytest.mark.parametrize(
-    "code", ["ERRL2001", "ERRL2002", "ERRL3001", "ERRL3002", "ERRL3003", "ERRL3004", "ERRL3006"]
+    "code", ["ERRS1012", "ERRS1002", "ERRS1015", "ERRS1010", "ERRS1016", "ERRS1017", "ERRS1011"]
 )
 def test_bad_file_fails_with_its_code_and_is_reported(stack: TestStack, tmp_path: Path, code: str) -> None:
     name, body = _bad_uploads(tmp_path)[code]
@@ -279,35 +279,35 @@ def test_record_that_never_appears_fails_with_errl1003(stack: TestStack) -> None
     assert stack.quarantine_keys() == []
 
 
-def test_several_edc_rows_is_errl1004(stack: TestStack) -> None:
+def test_several_edc_rows_is_errl1005(stack: TestStack) -> None:
     with stack.worker():
         stack.upload("subjecteventcrffile/1/101/MRI Series/dup.dcm", bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1)
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRL1004")
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL1005")
 
 
-def test_source_bucket_gone_is_errl1002(stack: TestStack) -> None:
+def test_source_bucket_gone_is_errl2002(stack: TestStack) -> None:
     stack.send(_s3_event("no-such-bucket-anywhere", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
     with stack.worker():
         (job,) = stack.wait_settled(1)
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRL1002")
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL2002")
 
 
-def test_object_gone_before_processing_is_errl1002(stack: TestStack) -> None:
+def test_object_gone_before_processing_is_errl2002(stack: TestStack) -> None:
     stack.client("s3").put_bucket_notification_configuration(
         Bucket=stack.names.source_bucket, NotificationConfiguration={}
     )
     stack.send(_s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "0123abcd"))
     with stack.worker():
         (job,) = stack.wait_settled(1)
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRL1002")
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL2002")
 
 
-def test_object_over_the_size_limit_is_errl5001(stack: TestStack) -> None:
+def test_object_over_the_size_limit_is_errl2003(stack: TestStack) -> None:
     with stack.worker(MAX_OBJECT_BYTES="1000"):
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1)
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRL5001")
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL2003")
 
 
 def test_existing_quarantine_object_of_another_job_is_never_overwritten(stack: TestStack) -> None:
@@ -322,7 +322,7 @@ def test_existing_quarantine_object_of_another_job_is_never_overwritten(stack: T
     with stack.worker(clock=lambda: frozen):
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1)
-    assert (job["id"], job["status"], job["error_code"]) == (1, "Failed", "ERRL4001")
+    assert (job["id"], job["status"], job["error_code"]) == (1, "Failed", "ERRL4004")
     assert stack.read(stack.names.destination_bucket, key) == b"someone else's"
 
 
@@ -362,9 +362,9 @@ def test_source_bucket_unavailable_retries_then_fails_on_the_last_delivery(
         stack.wait_for(
             lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ"
         )
-    assert (job["status"], job["error_code"], job["attempts"]) == ("Failed", "ERRS1010", 2)
+    assert (job["status"], job["error_code"], job["attempts"]) == ("Failed", "ERRL8003", 2)
     # Only the last delivery records: the first one left the message for another try.
-    assert [e["error_code"] for e in stack.errors()] == ["ERRS1002", "ERRS1010"]
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL2001", "ERRL8003"]
 
 
 def test_no_phi_in_logs_error_logs_or_notifications(
@@ -403,18 +403,18 @@ def test_no_phi_in_logs_error_logs_or_notifications(
     assert leaks == []
 
 
-def test_edc_replica_failure_retries_then_fails_with_its_code(short_stack: TestStack) -> None:
+def test_edc_query_failure_retries_then_fails_with_its_code(short_stack: TestStack) -> None:
     stack = short_stack
     stack.query("ALTER TABLE edc.subjecteventcrffile RENAME TO gone", url=stack.edc_url)
     with stack.worker():
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
-    assert [e["error_code"] for e in stack.errors()] == ["ERRS1004", "ERRS1010"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL8003")
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL1004", "ERRL8003"]
     assert stack.quarantine_keys() == []
 
 
-def test_destination_bucket_unavailable_is_errs1003_then_dlq(short_stack: TestStack) -> None:
+def test_destination_bucket_unavailable_is_errl4002_then_dlq(short_stack: TestStack) -> None:
     stack = short_stack
     stack.client("s3").delete_bucket(Bucket=stack.names.destination_bucket)
     with stack.worker():
@@ -423,11 +423,11 @@ def test_destination_bucket_unavailable_is_errs1003_then_dlq(short_stack: TestSt
         stack.wait_for(
             lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ"
         )
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
-    assert [e["error_code"] for e in stack.errors()] == ["ERRS1003", "ERRS1010"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL8003")
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL4002", "ERRL8003"]
 
 
-def test_vanished_work_dir_is_errs1007(short_stack: TestStack, tmp_path: Path) -> None:
+def test_vanished_work_dir_is_errl2005(short_stack: TestStack, tmp_path: Path) -> None:
     stack = short_stack
     work_dir = tmp_path / "scratch"
     work_dir.mkdir()
@@ -435,11 +435,11 @@ def test_vanished_work_dir_is_errs1007(short_stack: TestStack, tmp_path: Path) -
         work_dir.rmdir()
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
-    assert [e["error_code"] for e in stack.errors()] == ["ERRS1007", "ERRS1010"]
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL2005", "ERRL8003"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL8003")
 
 
-def test_tracking_database_fault_mid_job_is_errs1005(
+def test_tracking_database_fault_mid_job_is_errs1004(
     short_stack: TestStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg2
@@ -454,12 +454,12 @@ def test_tracking_database_fault_mid_job_is_errs1005(
     with stack.worker():
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
-    assert [e["error_code"] for e in stack.errors()] == ["ERRS1005", "ERRS1010"]
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
+    assert [e["error_code"] for e in stack.errors()] == ["ERRS1004", "ERRL8003"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL8003")
     assert stack.quarantine_keys() == []
 
 
-def test_a_bug_is_errl8001_logged_without_its_text(
+def test_a_bug_is_errl8005_logged_without_its_text(
     short_stack: TestStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def buggy(*_args: object, **_kwargs: object) -> None:
@@ -470,8 +470,8 @@ def test_a_bug_is_errl8001_logged_without_its_text(
     with stack.worker():
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
-    assert [e["error_code"] for e in stack.errors()] == ["ERRL8001", "ERRS1010"]
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1010")
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL8005", "ERRL8003"]
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL8003")
     log = stack.log.getvalue()
     assert '"job.unexpected_error"' in log and '"error_type": "RuntimeError"' in log
     assert "Doe^Peter" not in log
@@ -483,10 +483,10 @@ def test_reporting_outage_is_logged_and_does_not_loop(stack: TestStack) -> None:
         stack.upload(BAD_KEY, b"not dicom at all")
         (job,) = stack.wait_settled(1)
         stack.wait_for(lambda: stack.queue_depth() == 0, what="message acknowledged")
-    assert (job["status"], job["error_code"]) == ("Failed", "ERRL2001")
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRS1012")
     log = stack.log.getvalue()
-    assert '"report.error_log_failed"' in log and '"ERRS1011"' in log
-    assert '"report.notification_failed"' in log and '"ERRS1006"' in log
+    assert '"report.error_log_failed"' in log and '"ERRL4007"' in log
+    assert '"report.notification_failed"' in log and '"ERRL4006"' in log
 
 
 def test_a_job_failed_by_exhausted_deliveries_completes_after_a_dlq_redrive(
@@ -507,7 +507,7 @@ def test_a_job_failed_by_exhausted_deliveries_completes_after_a_dlq_redrive(
     with stack.worker():
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
-        assert job["error_code"] == "ERRS1010"
+        assert job["error_code"] == "ERRL8003"
         stack.wait_for(lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="DLQ")
         monkeypatch.setattr(ObjectStore, "_download", real_download)  # the outage is over
         # What an operator's redrive does: move the DLQ message back to the source queue.

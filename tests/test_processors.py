@@ -23,7 +23,7 @@ from pydicom.filereader import data_element_offset_to_value
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from service.errors import PermanentError, Stage
+from service.errors import PermanentError, RetryableError, Stage
 from service.processors import DEFAULT_TRACKING_TAG, ProcessResult, process_upload
 from service.processors.base import SeriesKey, SeriesSummary
 from service.processors.splice import encode_element, encode_value
@@ -287,7 +287,7 @@ def test_truncated_deflated_stream_is_corrupt(tmp_path: Path) -> None:
     src.write_bytes(original[: len(original) - 500])
     with pytest.raises(PermanentError) as caught:
         stamp(src, tmp_path)
-    assert caught.value.code == "ERRL2002"
+    assert caught.value.code == "ERRS1002"
 
 
 @pytest.mark.parametrize("name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"])
@@ -324,7 +324,7 @@ def test_pydicom_no_meta_sample_is_not_dicom(tmp_path: Path) -> None:
     # pydicom's no_meta.dcm starts with a stray byte: no prefix and nothing pydicom can identify.
     with pytest.raises(PermanentError) as caught:
         stamp(data("no_meta.dcm"), tmp_path)
-    assert caught.value.code == "ERRL2001"
+    assert caught.value.code == "ERRS1012"
 
 
 # --- classification ----------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_truncated_files_are_corrupt(name: str, tmp_path: Path) -> None:
     allocate = Allocator()
     with pytest.raises(PermanentError) as caught:
         process_upload(data(name), tmp_path / "out.dcm", allocate)
-    assert caught.value.code == "ERRL2002"
+    assert caught.value.code == "ERRS1002"
     assert caught.value.stage is Stage.PROCESS
     assert allocate.calls == []
     assert not (tmp_path / "out.dcm").exists()
@@ -356,19 +356,19 @@ def test_files_that_are_not_dicom(content: bytes, tmp_path: Path) -> None:
     src.write_bytes(content)
     with pytest.raises(PermanentError) as caught:
         stamp(src, tmp_path)
-    assert caught.value.code == "ERRL2001"
+    assert caught.value.code == "ERRS1012"
     assert "Patient" not in str(caught.value)
 
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
-def test_missing_uid_is_errl2003(keyword: str, tmp_path: Path) -> None:
+def test_missing_uid_is_errs1014(keyword: str, tmp_path: Path) -> None:
     source = read(data("CT_small.dcm"))
     delattr(source, keyword)
     src = save(source, tmp_path / "no_uid.dcm")
     allocate = Allocator()
     with pytest.raises(PermanentError) as caught:
         process_upload(src, tmp_path / "out.dcm", allocate)
-    assert caught.value.code == "ERRL2003"
+    assert caught.value.code == "ERRS1014"
     assert allocate.calls == []
 
 
@@ -398,14 +398,16 @@ def test_failed_verification_carries_the_file_over_unchanged(
     assert len(allocate.calls) == 1
     assert result.instances_stamped == 0
     [issue] = result.issues
-    assert (issue.member, issue.code) == ("scan.dcm", "ERRL2004")
+    assert (issue.member, issue.code) == ("scan.dcm", "ERRS1008")
     assert dst.read_bytes() == src.read_bytes()
 
 
 def test_allocator_answer_is_validated_before_writing(tmp_path: Path) -> None:
     dst = tmp_path / "out.dcm"
-    with pytest.raises(ValueError, match="no tracking UID"):
+    with pytest.raises(RetryableError, match="ERRS1007"):
         process_upload(data("MR_small.dcm"), dst, lambda series: {})
+    with pytest.raises(RetryableError, match="ERRS1006"):
+        process_upload(data("MR_small.dcm"), dst, lambda s: {s[0].key: " "})
     with pytest.raises(ValueError, match="64"):
         process_upload(data("MR_small.dcm"), dst, lambda s: {s[0].key: "9" * 65})
     with pytest.raises(ValueError, match="ASCII"):
@@ -432,9 +434,9 @@ def test_zip_magic_in_the_preamble_does_not_make_a_zip(tmp_path: Path) -> None:
 
 _TEST_FILES = sorted(data("CT_small.dcm").parent.glob("*.dcm"))  # local files only, no download
 _REJECTED = {
-    "MR_truncated.dcm": "ERRL2002",
-    "rtplan_truncated.dcm": "ERRL2002",
-    "no_meta.dcm": "ERRL2001",
+    "MR_truncated.dcm": "ERRS1002",
+    "rtplan_truncated.dcm": "ERRS1002",
+    "no_meta.dcm": "ERRS1012",
 }
 
 
@@ -445,7 +447,7 @@ def test_every_bundled_file_is_stamped_faithfully_or_classified(src: Path, tmp_p
         result = process_upload(src, dst, Allocator())
     except PermanentError as exc:
         # The rest lack a Study/Series UID at the top level (DICOMDIR-like, test fragments).
-        assert exc.code == _REJECTED.get(src.name, "ERRL2003")
+        assert exc.code == _REJECTED.get(src.name, "ERRS1014")
         return
     assert src.name not in _REJECTED
     assert result.issues == ()
@@ -544,7 +546,7 @@ def test_damaged_headers_only_raise_permanent_errors(
     try:
         result = process_upload(src, dst, Allocator())
     except PermanentError as exc:
-        assert exc.code in {"ERRL2001", "ERRL2002", "ERRL2003"}
+        assert exc.code in {"ERRS1012", "ERRS1002", "ERRS1014"}
         assert not dst.exists()
         return
     if result.instances_stamped:

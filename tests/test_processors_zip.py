@@ -18,6 +18,7 @@ from pydicom.data import get_testdata_file
 
 from service.errors import PermanentError
 from service.processors import DEFAULT_TRACKING_TAG, ProcessResult, process_upload
+from service.processors.archive import ARCHIVE_CODES, INSTANCE_CODES
 from service.processors.base import SeriesKey, SeriesSummary, ZipLimits
 
 TRACKING = DEFAULT_TRACKING_TAG
@@ -132,7 +133,7 @@ def test_series_zip_is_stamped_member_by_member(series_zip: Path, tmp_path: Path
     assert result.members == 10
     assert result.fallbacks == 0
     [issue] = result.issues
-    assert (issue.member, issue.code) == ("study/README.txt", "ERRL3005")
+    assert (issue.member, issue.code) == ("study/README.txt", "ERRS1013")
 
 
 def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) -> None:
@@ -149,9 +150,9 @@ def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) ->
     )
     dst, _, result = run(src, tmp_path)
     assert [(i.member, i.code) for i in result.issues] == [
-        ("__MACOSX/._MR_small.dcm", "ERRL3005"),
-        (".DS_Store", "ERRL3005"),
-        ("cut.dcm", "ERRL2002"),
+        ("__MACOSX/._MR_small.dcm", "ERRS1013"),
+        (".DS_Store", "ERRS1013"),
+        ("cut.dcm", "ERRS1002"),
     ]
     assert result.instances_stamped == 2
     assert result.fallbacks == 1
@@ -198,13 +199,13 @@ def test_member_issues_never_quote_header_values(tmp_path: Path) -> None:
     )
     _, _, result = run(src, tmp_path)
     [issue] = result.issues
-    assert (issue.member, issue.code) == ("no_uid.dcm", "ERRL2003")
+    assert (issue.member, issue.code) == ("no_uid.dcm", "ERRS1014")
     assert "Doe" not in issue.message
 
 
 def test_zip_with_only_broken_dicom_is_rejected_with_their_code(tmp_path: Path) -> None:
     src = build_zip(tmp_path / "bad.zip", [("cut.dcm", data("MR_truncated.dcm"), 8)])
-    assert rejected(src, tmp_path) == "ERRL2002"
+    assert rejected(src, tmp_path) == "ERRS1002"
 
 
 @pytest.mark.parametrize(
@@ -215,8 +216,8 @@ def test_zip_with_only_broken_dicom_is_rejected_with_their_code(tmp_path: Path) 
         [],
     ],
 )
-def test_zip_without_dicom_is_errl3006(members: list[Member], tmp_path: Path) -> None:
-    assert rejected(build_zip(tmp_path / "text.zip", members), tmp_path) == "ERRL3006"
+def test_zip_without_dicom_is_errs1011(members: list[Member], tmp_path: Path) -> None:
+    assert rejected(build_zip(tmp_path / "text.zip", members), tmp_path) == "ERRS1011"
 
 
 def test_single_dicom_upload_named_zip_is_still_dicom(tmp_path: Path) -> None:
@@ -242,30 +243,30 @@ def test_single_dicom_upload_named_zip_is_still_dicom(tmp_path: Path) -> None:
         "a\\..\\..\\x.dcm",
     ],
 )
-def test_escaping_member_names_are_errl3002(name: str, tmp_path: Path) -> None:
+def test_escaping_member_names_are_errs1010(name: str, tmp_path: Path) -> None:
     src = build_zip(
         tmp_path / "evil.zip",
         [("ok.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED), (name, b"payload", 0)],
     )
     with zipfile.ZipFile(src) as archive:
         assert archive.namelist()[1] == name  # zipfile kept the hostile name as given
-    assert rejected(src, tmp_path) == "ERRL3002"
+    assert rejected(src, tmp_path) == "ERRS1010"
 
 
-def test_too_many_members_is_errl3003(tmp_path: Path) -> None:
+def test_too_many_members_is_errs1016(tmp_path: Path) -> None:
     members = [(f"{n}.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED) for n in range(4)]
     src = build_zip(tmp_path / "many.zip", members)
-    assert rejected(src, tmp_path, limits=ZipLimits(max_members=3)) == "ERRL3003"
+    assert rejected(src, tmp_path, limits=ZipLimits(max_members=3)) == "ERRS1016"
 
 
-def test_total_expanded_size_limit_is_errl3003(tmp_path: Path) -> None:
+def test_total_expanded_size_limit_is_errs1016(tmp_path: Path) -> None:
     members = [(f"{n}.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED) for n in range(3)]
     src = build_zip(tmp_path / "big.zip", members)
     limit = 2 * data("MR_small.dcm").stat().st_size
-    assert rejected(src, tmp_path, limits=ZipLimits(max_total_uncompressed=limit)) == "ERRL3003"
+    assert rejected(src, tmp_path, limits=ZipLimits(max_total_uncompressed=limit)) == "ERRS1016"
 
 
-def test_ratio_bomb_is_errl3003(tmp_path: Path) -> None:
+def test_ratio_bomb_is_errs1016(tmp_path: Path) -> None:
     src = tmp_path / "bomb.zip"
     with zipfile.ZipFile(src, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("MR_small.dcm", data("MR_small.dcm").read_bytes())
@@ -274,7 +275,7 @@ def test_ratio_bomb_is_errl3003(tmp_path: Path) -> None:
             for _ in range(50):
                 member.write(zeros)
     assert src.stat().st_size < 1024 * 1024
-    assert rejected(src, tmp_path) == "ERRL3003"
+    assert rejected(src, tmp_path) == "ERRS1016"
 
 
 def test_lying_size_header_cannot_expand_past_it(tmp_path: Path) -> None:
@@ -288,43 +289,43 @@ def test_lying_size_header_cannot_expand_past_it(tmp_path: Path) -> None:
         at = raw.find(signature) + offset
         raw[at : at + 4] = (1024).to_bytes(4, "little")
     src.write_bytes(bytes(raw))
-    assert rejected(src, tmp_path) in {"ERRL3001", "ERRL3003"}
+    assert rejected(src, tmp_path) in {"ERRS1015", "ERRS1016"}
 
 
-def test_nested_zip_by_name_is_errl3004(tmp_path: Path) -> None:
+def test_nested_zip_by_name_is_errs1017(tmp_path: Path) -> None:
     inner = build_zip(tmp_path / "inner.zip", [("a.dcm", data("MR_small.dcm"), 8)])
     src = build_zip(
         tmp_path / "outer.zip",
         [("a.dcm", data("MR_small.dcm"), 8), ("more/inner.ZIP", inner, zipfile.ZIP_STORED)],
     )
-    assert rejected(src, tmp_path) == "ERRL3004"
+    assert rejected(src, tmp_path) == "ERRS1017"
 
 
-def test_nested_zip_by_content_is_errl3004(tmp_path: Path) -> None:
+def test_nested_zip_by_content_is_errs1017(tmp_path: Path) -> None:
     inner = build_zip(tmp_path / "inner.zip", [("a.dcm", data("MR_small.dcm"), 8)])
     src = build_zip(
         tmp_path / "outer.zip",
         [("a.dcm", data("MR_small.dcm"), 8), ("images.bin", inner, zipfile.ZIP_DEFLATED)],
     )
-    assert rejected(src, tmp_path) == "ERRL3004"
+    assert rejected(src, tmp_path) == "ERRS1017"
 
 
-def test_encrypted_member_is_errl3007(tmp_path: Path) -> None:
+def test_encrypted_member_is_errs1018(tmp_path: Path) -> None:
     src = build_zip(tmp_path / "locked.zip", [("a.dcm", data("MR_small.dcm"), 8)])
     raw = bytearray(src.read_bytes())
     for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
         raw[raw.find(signature) + offset] |= 0x01
     src.write_bytes(bytes(raw))
-    assert rejected(src, tmp_path) == "ERRL3007"
+    assert rejected(src, tmp_path) == "ERRS1018"
 
 
-def test_corrupt_zip_is_errl3001(tmp_path: Path) -> None:
+def test_corrupt_zip_is_errs1015(tmp_path: Path) -> None:
     src = tmp_path / "corrupt.zip"
     src.write_bytes(b"PK\x03\x04" + random.Random(7).randbytes(4096))
-    assert rejected(src, tmp_path) == "ERRL3001"
+    assert rejected(src, tmp_path) == "ERRS1015"
 
 
-def test_bad_crc_of_a_deflated_member_is_errl3001(tmp_path: Path) -> None:
+def test_bad_crc_of_a_deflated_member_is_errs1015(tmp_path: Path) -> None:
     src = build_zip(tmp_path / "crc.zip", [("a.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED)])
     with zipfile.ZipFile(src) as archive:
         info = archive.getinfo("a.dcm")
@@ -333,7 +334,7 @@ def test_bad_crc_of_a_deflated_member_is_errl3001(tmp_path: Path) -> None:
     central = raw.rfind(b"PK\x01\x02")
     raw[central + 16 : central + 20] = b"\0\0\0\0"  # central directory CRC
     src.write_bytes(bytes(raw))
-    assert rejected(src, tmp_path) == "ERRL3001"
+    assert rejected(src, tmp_path) == "ERRS1015"
 
 
 def test_damaged_stored_member_keeps_a_crc_that_exposes_the_damage(tmp_path: Path) -> None:
@@ -410,7 +411,7 @@ def test_damaged_zips_only_raise_permanent_errors(flips: list[tuple[int, int]], 
     try:
         result = process_upload(src, dst, Allocator(), work_dir=tmp_path)
     except PermanentError as exc:
-        assert exc.code.startswith(("ERRL2", "ERRL3"))
+        assert exc.code in INSTANCE_CODES | ARCHIVE_CODES
         assert not dst.exists()
         return
     assert result.members >= 1

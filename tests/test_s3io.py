@@ -35,11 +35,11 @@ def test_large_file_goes_up_in_parts_once_and_never_overwrites(stack: TestStack,
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-def test_download_of_an_overwritten_version_is_errl1002(stack: TestStack, tmp_path: Path) -> None:
+def test_download_of_an_overwritten_version_is_errl2002(stack: TestStack, tmp_path: Path) -> None:
     s3 = stack.client("s3")
     bucket = stack.names.destination_bucket
     first = s3.put_object(Bucket=bucket, Key="k", Body=b"one")["ETag"].strip('"')
     s3.put_object(Bucket=bucket, Key="k", Body=b"two")
     with pytest.raises(PermanentError) as info:
         ObjectStore(s3).download(ObjectRef(bucket, "k", etag=first), tmp_path / "k")
-    assert info.value.code == "ERRL1002"
+    assert info.value.code == "ERRL2002"

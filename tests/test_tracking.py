@@ -55,7 +55,7 @@ def test_a_delivery_that_lost_its_lease_cannot_settle_the_job(store: TrackingSto
     assert store.claim_job(job, "msg-2:1", later, LEASE)
     store.complete_job(job, "msg-2:1", [], later)
     with pytest.raises(LeaseLostError):
-        store.fail_job(job, "msg-1:1", "ERRS1010", [ErrorEntry("ERRS1010", "x", "worker")], later)
+        store.fail_job(job, "msg-1:1", "ERRL8003", [ErrorEntry("ERRL8003", "x", "worker")], later)
     with pytest.raises(LeaseLostError):
         store.release_job(job, "msg-1:1", later, waiting_for_edc=False)
     fields = store.job_fields(job)
@@ -75,7 +75,7 @@ def test_the_destination_key_is_reserved_once(store: TrackingStore) -> None:
 def test_a_job_failed_by_exhausted_deliveries_can_run_again_after_a_redrive(store: TrackingStore) -> None:
     job = _job_id(store)
     assert store.claim_job(job, "msg-1:2", T0, LEASE)
-    store.fail_job(job, "msg-1:2", "ERRS1010", [ErrorEntry("ERRS1010", "x", "worker")], T0)
+    store.fail_job(job, "msg-1:2", "ERRL8003", [ErrorEntry("ERRL8003", "x", "worker")], T0)
     assert store.claim_job(job, "msg-9:1", T0 + timedelta(seconds=1), LEASE)
     store.complete_job(job, "msg-9:1", [], T0 + timedelta(seconds=2))
     assert not store.claim_job(job, "msg-10:1", T0 + timedelta(hours=2), LEASE)  # settled for good

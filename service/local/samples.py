@@ -69,12 +69,12 @@ def demo_uploads(workdir: Path) -> list[SampleUpload]:
         SampleUpload(
             "subjecteventcrffile/2/102/CT Scan/v1.zip",
             write_mixed_zip(workdir / "mixed.zip"),
-            "Completed + has_error: README.txt carried over (ERRL3005)",
+            "Completed + has_error: README.txt carried over (ERRS1013)",
         ),
         SampleUpload(
             "subjecteventcrffile/1/101/CT Scan/v2.dcm",
             write_not_dicom(workdir / "bad.dcm"),
-            "Failed: not DICOM (ERRL2001)",
+            "Failed: not DICOM (ERRS1012)",
         ),
         SampleUpload(
             "subjecteventcrffile/1/101/CT Scan/v9.dcm",

@@ -26,7 +26,7 @@ from typing import IO, BinaryIO
 
 from pydicom.tag import BaseTag
 
-from service.errors import PermanentError
+from service.errors import PermanentError, RetryableError, Stage
 from service.processors.base import (
     MemberIssue,
     ProcessResult,
@@ -54,6 +54,10 @@ from service.processors.zipraw import (
 )
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# What a single instance can be refused for; inside a zip these become the member's issue.
+INSTANCE_CODES = frozenset({"ERRS1002", "ERRS1012", "ERRS1014", "ERRS1020"})
+# The codes that refuse a whole archive.
+ARCHIVE_CODES = frozenset({"ERRS1010", "ERRS1011", "ERRS1015", "ERRS1016", "ERRS1017", "ERRS1018"})
 # The ratio limit only applies above this size: tiny text files compress far beyond any sane
 # ratio and are harmless.
 RATIO_FLOOR = 1024 * 1024
@@ -64,7 +68,7 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 @contextmanager
 def _reading_zip() -> Iterator[None]:
-    """Map failures while reading the archive to ERRL3001 (zipfile and its decompressors raise
+    """Map failures while reading the archive to ERRS1015 (zipfile and its decompressors raise
     many types on hostile bytes); our own ``PermanentError`` and real disk faults pass through."""
     try:
         yield
@@ -73,7 +77,7 @@ def _reading_zip() -> Iterator[None]:
     except Exception as exc:
         if is_os_fault(exc):
             raise
-        raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
+        raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
 
 
 # A stored member is stamped in place when everything before its splice point fits this: the
@@ -105,39 +109,39 @@ def _is_junk(name: str) -> bool:
 def _check_entry(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
     name = info.filename.replace("\\", "/")
     if not name:
-        raise fail("ERRL3001", "zip archive has a member without a name")
+        raise fail("ERRS1015", "zip archive has a member without a name")
     if name.startswith("/") or _DRIVE.match(name) or ".." in name.split("/"):
-        raise fail("ERRL3002", f"member {_shown(info.filename)} is absolute or escapes the archive")
+        raise fail("ERRS1010", f"member {_shown(info.filename)} is absolute or escapes the archive")
     if info.flag_bits & 0x1:
-        raise fail("ERRL3007", f"member {_shown(info.filename)} is encrypted")
+        raise fail("ERRS1018", f"member {_shown(info.filename)} is encrypted")
     if info.compress_type not in _METHODS:
-        raise fail("ERRL3001", f"member {_shown(info.filename)} uses an unsupported compression")
+        raise fail("ERRS1015", f"member {_shown(info.filename)} uses an unsupported compression")
     if info.file_size > RATIO_FLOOR and (
         info.compress_size <= 0 or info.file_size / info.compress_size > limits.max_ratio
     ):
         raise fail(
-            "ERRL3003",
+            "ERRS1016",
             f"member {_shown(info.filename)} exceeds the compression ratio limit of {limits.max_ratio:g}",
         )
     if not info.is_dir() and not _is_junk(name) and name.lower().endswith(".zip"):
-        raise fail("ERRL3004", f"member {_shown(info.filename)} is a nested archive")
+        raise fail("ERRS1017", f"member {_shown(info.filename)} is a nested archive")
 
 
 def validate_directory(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> None:
     """Check the central directory before anything is expanded.
 
-    Raises ERRL3002 (absolute or escaping name), ERRL3003 (member count, total expanded size or
-    ratio over the limits), ERRL3007 (encrypted member), ERRL3004 (member named ``*.zip``) or
-    ERRL3001 (unnamed member, unsupported compression method).
+    Raises ERRS1010 (absolute or escaping name), ERRS1016 (member count, total expanded size or
+    ratio over the limits), ERRS1018 (encrypted member), ERRS1017 (member named ``*.zip``) or
+    ERRS1015 (unnamed member, unsupported compression method).
     """
     if len(infos) > limits.max_members:
-        raise fail("ERRL3003", f"zip archive has {len(infos)} members; the limit is {limits.max_members}")
+        raise fail("ERRS1016", f"zip archive has {len(infos)} members; the limit is {limits.max_members}")
     for info in infos:
         _check_entry(info, limits)
     total = sum(info.file_size for info in infos)
     if total > limits.max_total_uncompressed:
         raise fail(
-            "ERRL3003", f"zip archive expands to {total} bytes; the limit is {limits.max_total_uncompressed}"
+            "ERRS1016", f"zip archive expands to {total} bytes; the limit is {limits.max_total_uncompressed}"
         )
 
 
@@ -149,14 +153,14 @@ class _Budget:
         self.used = 0
 
     def pump(self, source: IO[bytes], target: IO[bytes], info: zipfile.ZipInfo) -> None:
-        """Copy one member in bounded chunks; raise ERRL3003 once it expands past a limit."""
+        """Copy one member in bounded chunks; raise ERRS1016 once it expands past a limit."""
         written = 0
         while chunk := source.read(COPY_CHUNK):
             written += len(chunk)
             self.used += len(chunk)
             if written > info.file_size or self.used > self.limit:
                 raise fail(
-                    "ERRL3003", f"member {_shown(info.filename)} expands past the declared or allowed size"
+                    "ERRS1016", f"member {_shown(info.filename)} expands past the declared or allowed size"
                 )
             target.write(chunk)
 
@@ -166,7 +170,7 @@ def _extract(zin: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, budget: _B
         budget.pump(source, target, info)
     with open(path, "rb") as extracted:
         if extracted.read(4) in ZIP_MAGICS:
-            raise fail("ERRL3004", f"member {_shown(info.filename)} is a nested archive")
+            raise fail("ERRS1017", f"member {_shown(info.filename)} is a nested archive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +187,7 @@ def _scan_raw(archive: BinaryIO, info: zipfile.ZipInfo, tag: BaseTag) -> _Entry 
     offset = data_offset(archive, info)
     view = MemberSlice(archive, offset, info.file_size)
     if view.read(4) in ZIP_MAGICS:
-        raise fail("ERRL3004", f"member {_shown(info.filename)} is a nested archive")
+        raise fail("ERRS1017", f"member {_shown(info.filename)} is a nested archive")
     quick = quick_scan(view, info.file_size, tag)
     if quick is None:
         return None
@@ -206,7 +210,7 @@ def _scan_member(
         return _Entry()
     if _is_junk(info.filename):
         return _Entry(
-            issue=MemberIssue(info.filename, "ERRL3005", "system file, not DICOM; carried over unchanged")
+            issue=MemberIssue(info.filename, "ERRS1013", "system file, not DICOM; carried over unchanged")
         )
     path = work / "scan.member"
     try:
@@ -217,9 +221,9 @@ def _scan_member(
         _extract(zin, info, path, budget)
         return _Entry(instance=scan_instance(path, tag))
     except PermanentError as exc:
-        if not exc.code.startswith("ERRL2"):
+        if exc.code not in INSTANCE_CODES:
             raise
-        code = "ERRL3005" if exc.code == "ERRL2001" else exc.code
+        code = "ERRS1013" if exc.code == "ERRS1012" else exc.code
         return _Entry(issue=MemberIssue(info.filename, code, f"{exc.message}; carried over unchanged"))
     finally:
         path.unlink(missing_ok=True)
@@ -238,12 +242,12 @@ def _summaries(entries: Sequence[_Entry]) -> tuple[SeriesSummary, ...]:
 
 
 def _no_instance(entries: Sequence[_Entry]) -> PermanentError:
-    broken = [e.issue.code for e in entries if e.issue and e.issue.code in ("ERRL2002", "ERRL2003")]
+    broken = [e.issue.code for e in entries if e.issue and e.issue.code in ("ERRS1002", "ERRS1014")]
     if broken:
         return fail(
             broken[0], f"no member could be stamped: {len(broken)} DICOM member(s) are corrupt or lack UIDs"
         )
-    return fail("ERRL3006", "zip archive contains no DICOM instance")
+    return fail("ERRS1011", "zip archive contains no DICOM instance")
 
 
 def checked_uids(
@@ -251,13 +255,17 @@ def checked_uids(
 ) -> dict[SeriesKey, str]:
     """The allocator's answer for every series, validated before anything is written.
 
-    Raises ``ValueError`` (an allocator bug, not an input problem) for a missing or invalid UID.
+    Raises ``RetryableError`` ERRS1007 for a series without a UID and ERRS1006 for an empty one
+    (the tracking store answered wrongly: another delivery may get a sound answer), ``ValueError``
+    for a UID the tag's VR cannot carry (a configuration or allocator bug).
     """
     uids: dict[SeriesKey, str] = {}
     for number, summary in enumerate(series, start=1):
         uid = allocated.get(summary.key)
         if uid is None:
-            raise ValueError(f"allocator returned no tracking UID for series #{number}")
+            raise RetryableError("ERRS1007", f"no tracking UID for series #{number}", Stage.TRACKING)
+        if not uid.strip():
+            raise RetryableError("ERRS1006", f"empty tracking UID for series #{number}", Stage.TRACKING)
         encode_value(uid, vr)
         uids[summary.key] = uid
     return uids
@@ -372,8 +380,8 @@ def process_zip(
 ) -> ProcessResult:
     """Stamp every DICOM member of the zip ``src`` into a new zip at ``dst``.
 
-    ``work`` is an existing private temporary directory. Raises ERRL3001-ERRL3007 for the archive
-    as a whole (and ERRL2002/ERRL2003 when its only DICOM members are broken); problems with single
+    ``work`` is an existing private temporary directory. Raises ERRS1015-ERRS1018 for the archive
+    as a whole (and ERRS1002/ERRS1014 when its only DICOM members are broken); problems with single
     members become ``MemberIssue`` entries and the member is carried over unchanged. ``allocate``
     is called once, with every series, before anything is written; ``ValueError`` escapes when its
     answer lacks a series or holds an invalid UID, ``OSError`` for disk faults.
@@ -389,7 +397,7 @@ def process_zip(
         try:
             entries = [_scan_member(zin, archive, info, work, tag, scan_budget) for info in infos]
         except zipfile.BadZipFile:
-            raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
+            raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
         series = _summaries(entries)
         if not series:
             raise _no_instance(entries)
@@ -401,7 +409,7 @@ def process_zip(
             try:
                 issues = _write_members(writer, infos, entries, uids, tag, vr)
             except zipfile.BadZipFile:
-                raise fail("ERRL3001", "zip archive is corrupt or unreadable") from None
+                raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
             zout.comment = zin.comment
     return ProcessResult(series, tuple(issues), writer.stamped, len(infos), writer.fallbacks)
 

@@ -8,7 +8,7 @@ the Pixel Data length against. Values are read straight from their offsets (a fe
 Anything unusual (no ``DICM`` prefix, deflated or big-endian syntax, bytes that do not walk, a UID
 that does not decode) returns ``None``, and the caller takes the thorough pydicom-based scan,
 which classifies the file. The fast path never decides that a file is bad, with one exception:
-native pixel data shorter than its own header implies (ERRL2002).
+native pixel data shorter than its own header implies (ERRS1002).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class QuickScan:
 def quick_scan(fp: BinaryIO, size: int, tag: BaseTag) -> QuickScan | None:
     """Scan a common file with ``struct`` alone; None means "take the thorough scan".
 
-    Raises ERRL2002 when native pixel data is shorter than Rows x Columns x samples x bits x
+    Raises ERRS1002 when native pixel data is shorter than Rows x Columns x samples x bits x
     frames implies; ``OSError`` for disk faults.
     """
     meta = read_meta_syntax(fp, size)
@@ -142,7 +142,7 @@ _SUBSAMPLED = (b"YBR_FULL_422", b"YBR_PARTIAL_422")
 
 
 def check_native_pixel_length(layout: Layout, values: Mapping[int, bytes | None]) -> None:
-    """Native (uncompressed) pixel data must hold what its description implies: ERRL2002 if short.
+    """Native (uncompressed) pixel data must hold what its description implies: ERRS1002 if short.
 
     Skipped when the description is incomplete (the file may be odd but it is not provably cut).
     """
@@ -157,4 +157,4 @@ def check_native_pixel_length(layout: Layout, values: Mapping[int, bytes | None]
     frames = _integer(values.get(NUMBER_OF_FRAMES)) or 1
     expected = (rows * columns * samples * frames * bits + 7) // 8
     if pixel.length < expected:
-        raise fail("ERRL2002", f"pixel data holds {pixel.length} bytes where the header implies {expected}")
+        raise fail("ERRS1002", f"pixel data holds {pixel.length} bytes where the header implies {expected}")

@@ -95,7 +95,7 @@ def _encoding(ts: str | None, header: Dataset) -> tuple[bool, bool]:
 
 
 def _layout(path: Path, implicit: bool, little: bool, *, may_flip: bool) -> Layout | None:
-    """Layout of ``path``; ``None`` when irregular; ERRL2002 when truncated.
+    """Layout of ``path``; ``None`` when irregular; ERRS1002 when truncated.
 
     With ``may_flip``, bytes that do not walk in the declared VR mode are tried in the other one:
     some writers put implicit VR bytes under an explicit VR syntax (or the reverse), and splicing
@@ -113,7 +113,7 @@ def _layout(path: Path, implicit: bool, little: bool, *, may_flip: bool) -> Layo
             except StructureError:
                 pass
         if isinstance(first, TruncatedError):
-            raise fail("ERRL2002", "an element runs past the end of the file (truncated)") from None
+            raise fail("ERRS1002", "an element runs past the end of the file (truncated)") from None
         return None
 
 
@@ -131,7 +131,7 @@ def _check_inflated(path: Path, data: bytes) -> None:
     try:
         walk_dataset(BytesIO(data), len(data), 0, implicit_vr=False, little_endian=True)
     except TruncatedError:
-        raise fail("ERRL2002", "an element runs past the end of the dataset (truncated)") from None
+        raise fail("ERRS1002", "an element runs past the end of the dataset (truncated)") from None
     except IrregularError:
         read_full(path)  # irregular bytes: let pydicom's reader judge them now, not later
 
@@ -139,8 +139,8 @@ def _check_inflated(path: Path, data: bytes) -> None:
 def scan_instance(path: Path, tag: BaseTag) -> Instance:
     """First pass over one file: identify it, check its structure, plan how to stamp it.
 
-    Reads headers only (a deflated dataset is inflated in memory, bounded). Raises ERRL2001 for a
-    file that is not DICOM, ERRL2002 for a corrupt or truncated one, ERRL2003 when the Study or
+    Reads headers only (a deflated dataset is inflated in memory, bounded). Raises ERRS1012 for a
+    file that is not DICOM, ERRS1002 for a corrupt or truncated one, ERRS1014 when the Study or
     Series Instance UID is missing; ``OSError`` for disk faults.
     """
     size = path.stat().st_size
@@ -165,9 +165,9 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
         header = read_header(path, SERIES_NUMBER, _SCAN_TAGS)
     identified = any(_uid(header, item) for item in (SOP_CLASS_UID, STUDY_UID, SERIES_UID))
     if not identified and not has_prefix:
-        raise fail("ERRL2001", "no DICM prefix and no DICOM identifiers")
+        raise fail("ERRS1012", "no DICM prefix and no DICOM identifiers")
     if header is None:
-        raise fail("ERRL2002", "DICOM header cannot be parsed")
+        raise fail("ERRS1002", "DICOM header cannot be parsed")
     plan: SplicePlan | None = None
     layout: Layout | None = None
     if not deflated:
@@ -180,7 +180,7 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
             plan = plan_splice(layout, tag)
     study, series = _uid(header, STUDY_UID), _uid(header, SERIES_UID)
     if study is None or series is None:
-        raise fail("ERRL2003", "instance lacks a Study or Series Instance UID")
+        raise fail("ERRS1014", "instance lacks a Study or Series Instance UID")
     if plan is not None and layout is not None and ts in NATIVE_SYNTAXES:
         _check_pixels(path, layout)
     return Instance(SeriesKey(study, series), _series_number(header), plan)
@@ -203,10 +203,10 @@ def verify_output(path: Path, tag: BaseTag, value: str, encoding: tuple[bool, bo
     Re-reads the header up to the tag with pydicom and walks the element headers of the whole
     file (so a pixel data length larger than the bytes present is caught). ``encoding`` is the
     (implicit VR, little endian) pair of the dataset bytes; by default the transfer syntax's.
-    Raises ERRL2004.
+    Raises ERRS1008.
     """
     if _text(read_header(path, int(tag), (int(tag),)), tag) != value:
-        raise fail("ERRL2004", "written instance does not carry the tracking UID")
+        raise fail("ERRS1008", "written instance does not carry the tracking UID")
     ts = transfer_syntax(path)
     if ts == DEFLATED:
         return  # written by pydicom from a complete dataset; its bytes are compressed
@@ -219,9 +219,9 @@ def _check_structure(path: Path, tag: BaseTag, implicit: bool, little: bool) -> 
         with open(path, "rb") as fp:
             layout = walk_layout(fp, path.stat().st_size, implicit_vr=implicit, little_endian=little)
     except StructureError:
-        raise fail("ERRL2004", "written instance has a broken element structure") from None
+        raise fail("ERRS1008", "written instance has a broken element structure") from None
     if sum(1 for item in layout.elements if item.tag == tag) != 1:
-        raise fail("ERRL2004", "written instance does not carry exactly one tracking element")
+        raise fail("ERRS1008", "written instance does not carry exactly one tracking element")
     return layout
 
 
@@ -240,11 +240,11 @@ def _pydicom_reads(path: Path, plan: SplicePlan, tag: BaseTag, value: str) -> No
         tags=(int(tag),),
     )
     if _text(header, tag) != value:
-        raise fail("ERRL2004", "pydicom does not read the tracking UID back")
+        raise fail("ERRS1008", "pydicom does not read the tracking UID back")
 
 
 def check_head_with_pydicom(head: bytes, plan: SplicePlan, tag: BaseTag, value: str) -> None:
-    """pydicom reads the tracking UID back from a head built in memory. Raises ERRL2004."""
+    """pydicom reads the tracking UID back from a head built in memory. Raises ERRS1008."""
     header = read_header_bytes(
         head[plan.dataset_start :],
         int(tag),
@@ -253,7 +253,7 @@ def check_head_with_pydicom(head: bytes, plan: SplicePlan, tag: BaseTag, value: 
         little_endian=plan.little_endian,
     )
     if _text(header, tag) != value:
-        raise fail("ERRL2004", "pydicom does not read the tracking UID back")
+        raise fail("ERRS1008", "pydicom does not read the tracking UID back")
 
 
 def stamp_instance(
@@ -265,7 +265,7 @@ def stamp_instance(
     always checked structurally; ``deep_verify`` adds a pydicom re-read (the zip processor asks
     for it on the first instance of each series, a single file always gets it). A full rewrite is
     always deep-verified, and its pixel bytes compared with the input's. Returns True when the
-    fallback was used. Raises ERRL2002/ERRL2004 (``dst`` may then hold partial output, the caller
+    fallback was used. Raises ERRS1002/ERRS1008 (``dst`` may then hold partial output, the caller
     discards it), ``ValueError`` for an invalid ``value``, ``OSError`` for disk faults.
     """
     raw = encode_value(value, vr)

@@ -144,7 +144,7 @@ def transfer_syntax(path: Path) -> str | None:
 def inflate_dataset(path: Path) -> bytes:
     """Inflate the dataset of a deflated-syntax file, refusing past ``MAX_INFLATED_BYTES``.
 
-    Raises ERRL2002 for a broken meta group or deflate stream (a truncated file ends mid-stream)
+    Raises ERRS1002 for a broken meta group or deflate stream (a truncated file ends mid-stream)
     and for a dataset that inflates beyond the bound.
     """
     size = path.stat().st_size
@@ -154,18 +154,18 @@ def inflate_dataset(path: Path) -> bytes:
         try:
             fp.seek(meta_end(fp, size, 132))
         except StructureError:
-            raise fail("ERRL2002", "file meta group is truncated or malformed") from None
+            raise fail("ERRS1002", "file meta group is truncated or malformed") from None
         try:
             while not inflater.eof:
                 chunk = inflater.unconsumed_tail or fp.read(_INFLATE_CHUNK)
                 if not chunk:
-                    raise fail("ERRL2002", "deflated dataset is truncated")
+                    raise fail("ERRS1002", "deflated dataset is truncated")
                 out += inflater.decompress(chunk, _INFLATE_CHUNK)
                 if len(out) > MAX_INFLATED_BYTES:
                     raise fail(
-                        "ERRL2002",
+                        "ERRS1002",
                         f"deflated dataset expands beyond {MAX_INFLATED_BYTES} bytes; refused",
                     )
         except zlib.error:
-            raise fail("ERRL2002", "deflated dataset is corrupt") from None
+            raise fail("ERRS1002", "deflated dataset is corrupt") from None
     return bytes(out)

@@ -22,6 +22,7 @@ from pydicom.filereader import dcmread
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from service.errors import PermanentError
 from service.processors.layout import UNDEFINED_LENGTH
 from service.processors.reading import (
     BIG_ENDIAN,
@@ -34,7 +35,7 @@ from service.processors.reading import (
 
 
 def _check_complete(dataset: Dataset) -> None:
-    """Raise ERRL2002 when a top-level value is shorter than its declared length (truncation)."""
+    """Raise ERRS1002 when a top-level value is shorter than its declared length (truncation)."""
     for tag in list(dataset.keys()):
         element = dataset.get_item(tag, keep_deferred=True)
         if (
@@ -43,7 +44,7 @@ def _check_complete(dataset: Dataset) -> None:
             and element.value is not None
             and len(element.value) < element.length
         ):
-            raise fail("ERRL2002", "a value is shorter than its declared length (truncated)")
+            raise fail("ERRS1002", "a value is shorter than its declared length (truncated)")
 
 
 def _complete_meta(dataset: FileDataset) -> None:
@@ -64,7 +65,7 @@ def _complete_meta(dataset: FileDataset) -> None:
 def read_full(path: Path) -> FileDataset:
     """Read all of ``path`` with pydicom (``force=True``), pixel data included.
 
-    Raises ERRL2002 when pydicom cannot read it or a value is cut short, ``OSError`` for disk
+    Raises ERRS1002 when pydicom cannot read it or a value is cut short, ``OSError`` for disk
     faults.
     """
     try:
@@ -73,7 +74,7 @@ def read_full(path: Path) -> FileDataset:
     except Exception as exc:
         if is_os_fault(exc):
             raise
-        raise fail("ERRL2002", "instance cannot be read by pydicom") from None
+        raise fail("ERRS1002", "instance cannot be read by pydicom") from None
     _check_complete(dataset)
     return dataset
 
@@ -99,11 +100,14 @@ def rewrite_file(src: Path, dst: Path, tag: BaseTag, vr: str, value: str) -> Non
     The tracking element is replaced if present (a dataset holds one element per tag). The output
     keeps the input's transfer syntax (deflated stays deflated, big endian stays big endian) and
     gets valid file meta (``enforce_file_format=True``); its pixel bytes are read back and compared
-    with the input's. Raises ERRL2002 when the input cannot be read or is truncated, ERRL2004 when
+    with the input's. Raises ERRS1009 when the input cannot be read or is truncated, ERRS1008 when
     pydicom cannot write it or the pixel bytes differ, ``OSError`` for disk faults.
     """
     with WHOLE_DATASET_GATE:
-        dataset = read_full(src)
+        try:
+            dataset = read_full(src)
+        except PermanentError as exc:  # the scan read it; failing now is a read during the insert
+            raise fail("ERRS1009", exc.message) from None
         before = _pixel_digest(dataset)
         try:
             with quiet():
@@ -113,7 +117,7 @@ def rewrite_file(src: Path, dst: Path, tag: BaseTag, vr: str, value: str) -> Non
         except Exception as exc:
             if is_os_fault(exc):
                 raise
-            raise fail("ERRL2004", "pydicom could not write the instance back") from None
+            raise fail("ERRS1008", "pydicom could not write the instance back") from None
         del dataset
         if _pixel_digest(read_full(dst)) != before:
-            raise fail("ERRL2004", "rewritten instance's pixel bytes differ from the input's")
+            raise fail("ERRS1008", "rewritten instance's pixel bytes differ from the input's")

@@ -159,7 +159,7 @@ def splice_file(src: Path, dst: Path, plan: SplicePlan, element: bytes) -> bytes
     the group stays self-consistent. The written file is checked for its size and for the
     element's bytes where the plan put them, followed by a later tag (``check_placed``). Returns
     the new head (everything before the unchanged tail) when it was small enough to build in
-    memory, else None. Raises ERRL2004 when the check fails, ``OSError`` on disk problems (or when
+    memory, else None. Raises ERRS1008 when the check fails, ``OSError`` on disk problems (or when
     ``src`` is not the size the plan was made for); ``dst`` is left for the caller to remove.
     """
     if src.stat().st_size != plan.size:
@@ -175,7 +175,7 @@ def splice_file(src: Path, dst: Path, plan: SplicePlan, element: bytes) -> bytes
         copy_tail(source, target, plan.cut_end, plan.size - plan.cut_end)
         expected = plan.size + plan.cut_start + len(element) - plan.cut_end
         if os.fstat(target.fileno()).st_size != expected:
-            raise fail("ERRL2004", "written instance has the wrong size")
+            raise fail("ERRS1008", "written instance has the wrong size")
         found = os.pread(target.fileno(), len(element) + 4, plan.cut_start)
     check_placed(found[: len(element)], found[len(element) :], plan, element)
     return head
@@ -197,15 +197,15 @@ def _stream_head(source: BinaryIO, target: BinaryIO, plan: SplicePlan, element: 
 
 def check_placed(found: bytes, following: bytes, plan: SplicePlan, element: bytes) -> None:
     """The written bytes at the splice point are ``element``, and the next element (if any) has
-    a larger tag than the tracking tag. Raises ERRL2004."""
+    a larger tag than the tracking tag. Raises ERRS1008."""
     if found != element:
-        raise fail("ERRL2004", "written instance does not carry the tracking UID where planned")
+        raise fail("ERRS1008", "written instance does not carry the tracking UID where planned")
     if len(following) >= 4:
         endian = "<" if plan.little_endian else ">"
         group, number = struct.unpack(f"{endian}HH", following[:4])
         own_group, own_number = struct.unpack(f"{endian}HH", element[:4])
         if (group, number) <= (own_group, own_number):
-            raise fail("ERRL2004", "written instance has elements out of order after the tracking UID")
+            raise fail("ERRS1008", "written instance has elements out of order after the tracking UID")
 
 
 def copy_tail(source: BinaryIO, target: BinaryIO, offset: int, count: int) -> None:
