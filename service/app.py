@@ -82,6 +82,8 @@ def build_handler(
             settings.zip_max_members, settings.zip_max_expanded_bytes, settings.zip_max_ratio
         ),
         work_dir=settings.work_dir,
+        source_bucket=settings.source_bucket,
+        max_in_memory_bytes=settings.max_in_memory_bytes,
     )
     reporter = Reporter(
         store,

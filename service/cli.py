@@ -196,6 +196,7 @@ def _run_pipelines_list(_args: argparse.Namespace, settings: Settings) -> int:
 def _run_stamp(args: argparse.Namespace, settings: Settings) -> int:
     from service.processors import process_upload
     from service.processors.base import SeriesKey, SeriesSummary
+    from service.s3io import file_fingerprint
 
     atri: dict[SeriesKey, str] = {}
 
@@ -226,6 +227,10 @@ def _run_stamp(args: argparse.Namespace, settings: Settings) -> int:
         f"{result.instances_stamped} instance(s) stamped, {result.members} member(s), "
         f"{result.fallbacks} full rewrite(s); written to {args.output}"
     )
+    # The integrity record, as the job row and the quarantine object's metadata carry it.
+    for label, path in (("input", args.input), ("output", args.output)):
+        found = file_fingerprint(path)
+        print(f"{label}: {found.size} bytes, sha256 {found.sha256}")
     return 0
 
 

@@ -16,6 +16,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.tag import BaseTag, Tag
 
 from service.errors import ConfigError
+from service.processors.splice import check_tracking_tag
 
 DEFAULT_QUARANTINE_TEMPLATE = (
     "{ddcrf}_{ddfile}/{ddcrf}_{ddfile}_{participant}_{event}_{subjecteventcrf_id}_{revision}"
@@ -35,6 +36,9 @@ QUARANTINE_FIELDS = frozenset(
     }
 )
 
+# VRs that can carry an ATRIUID ("{job}.{row}", up to 64 characters) as what it is: an identifier.
+_UID_CAPABLE_VRS = frozenset({"LO", "UI", "ST", "LT", "UC", "UT"})
+
 # What each required-by-a-command setting is for, so the error line tells the operator why.
 _PURPOSE = {
     "PIPELINE_QUEUE_URL": "the SQS queue the worker reads S3 events from",
@@ -53,6 +57,7 @@ class Settings:
     aws_endpoint_url: str | None  # AWS_ENDPOINT_URL: moto/LocalStack; None on real AWS
     pipeline_queue_url: str | None  # PIPELINE_QUEUE_URL
     pipeline_dlq_url: str | None  # PIPELINE_DLQ_URL
+    source_bucket: str | None  # SOURCE_BUCKET: events for other buckets are acknowledged, ignored
     destination_bucket: str | None  # DESTINATION_BUCKET
     quarantine_prefix: str  # QUARANTINE_PREFIX, ends with "/" (or is empty)
     quarantine_key_template: str  # QUARANTINE_KEY_TEMPLATE: str.format fields, see README
@@ -77,6 +82,7 @@ class Settings:
     dicom_tracking_tag: BaseTag  # DICOM_TRACKING_TAG: "gggg,eeee" or a keyword
     work_dir: Path | None  # WORK_DIR: temp space for downloads and outputs
     max_object_bytes: int  # MAX_OBJECT_BYTES: larger uploads fail with ERRL2003
+    max_in_memory_bytes: int  # MAX_IN_MEMORY_BYTES: larger files may not take the in-memory rewrite
     zip_max_members: int  # ZIP_MAX_MEMBERS
     zip_max_expanded_bytes: int  # ZIP_MAX_EXPANDED_BYTES
     zip_max_ratio: float  # ZIP_MAX_RATIO: expanded/compressed size of one member
@@ -93,6 +99,7 @@ class Settings:
             aws_endpoint_url=env.url("AWS_ENDPOINT_URL", ("http", "https")),
             pipeline_queue_url=env.url("PIPELINE_QUEUE_URL", ("http", "https")),
             pipeline_dlq_url=env.url("PIPELINE_DLQ_URL", ("http", "https")),
+            source_bucket=env.text("SOURCE_BUCKET"),
             destination_bucket=destination,
             quarantine_prefix=env.prefix("QUARANTINE_PREFIX", "quarantine/"),
             quarantine_key_template=env.template("QUARANTINE_KEY_TEMPLATE"),
@@ -117,6 +124,7 @@ class Settings:
             dicom_tracking_tag=env.dicom_tag("DICOM_TRACKING_TAG", "0012,0071"),
             work_dir=env.directory("WORK_DIR"),
             max_object_bytes=env.integer("MAX_OBJECT_BYTES", 50 * 1024**3, low=1),
+            max_in_memory_bytes=env.integer("MAX_IN_MEMORY_BYTES", 256 * 1024**2, low=1024**2),
             zip_max_members=env.integer("ZIP_MAX_MEMBERS", 20_000, low=1),
             zip_max_expanded_bytes=env.integer("ZIP_MAX_EXPANDED_BYTES", 50 * 1024**3, low=1),
             zip_max_ratio=float(env.integer("ZIP_MAX_RATIO", 200, low=1)),
@@ -245,6 +253,17 @@ class _Reader:
             ) from None
         if tag.group % 2 or tag.group < 0x0008 or tag >= Tag(0x7FE0, 0x0008):
             raise ConfigError(f"malformed setting {name}: must be a public dataset tag before pixel data")
+        # The processor's own check, at start-up rather than on every job; and a VR that holds
+        # a UID of up to 64 characters (SH, CS or a date would overflow or misstate it).
+        try:
+            vr = check_tracking_tag(tag)
+        except ValueError:
+            vr = dictionary_VR(tag)
+        if vr not in _UID_CAPABLE_VRS:
+            raise ConfigError(
+                f"malformed setting {name}: {raw} has VR {vr}; the ATRIUID needs one of "
+                f"{', '.join(sorted(_UID_CAPABLE_VRS))}"
+            )
         return tag
 
     def template(self, name: str) -> str:

@@ -30,14 +30,15 @@ _COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class EdcRecord:
-    """What the EDC knows about one uploaded file."""
+    """What the EDC knows about one uploaded file. A NULL (or blank) column is ``None``, never
+    the text "None": the quarantine name refuses it (ERRL4001), error logs show NA."""
 
-    ddcrf_name: str
-    ddfile_name: str
-    participant_code: str
-    event_code: str
-    subjecteventcrf_id: int
-    revision_number: int
+    ddcrf_name: str | None
+    ddfile_name: str | None
+    participant_code: str | None
+    event_code: str | None
+    subjecteventcrf_id: int | None
+    revision_number: int | None
     subjecteventcrffile_id: int
 
 
@@ -88,12 +89,25 @@ class EdcLookup:
         missing = [c for c in _COLUMNS if c not in row]
         if missing:
             raise RetryableError("ERRL1004", f"EDC lookup SQL lacks columns {missing}", Stage.EDC_LOOKUP)
+        if row["subjecteventcrffile_id"] is None:
+            raise RetryableError(
+                "ERRL1004", "EDC lookup returned no subjecteventcrffile_id", Stage.EDC_LOOKUP
+            )
         return EdcRecord(
-            ddcrf_name=str(row["ddcrf_name"]),
-            ddfile_name=str(row["ddfile_name"]),
-            participant_code=str(row["participant_code"]),
-            event_code=str(row["event_code"]),
-            subjecteventcrf_id=int(row["subjecteventcrf_id"]),
-            revision_number=int(row["revision_number"]),
+            ddcrf_name=_text(row["ddcrf_name"]),
+            ddfile_name=_text(row["ddfile_name"]),
+            participant_code=_text(row["participant_code"]),
+            event_code=_text(row["event_code"]),
+            subjecteventcrf_id=_number(row["subjecteventcrf_id"]),
+            revision_number=_number(row["revision_number"]),
             subjecteventcrffile_id=int(row["subjecteventcrffile_id"]),
         )
+
+
+def _text(value: object) -> str | None:
+    text = None if value is None else str(value).strip()
+    return text or None
+
+
+def _number(value: object) -> int | None:
+    return None if value is None else int(str(value))

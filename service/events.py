@@ -44,12 +44,23 @@ class MalformedMessageError(ValueError):
 
 
 def parse_message(body: str) -> ParsedMessage:
-    """Parse one SQS message body. Raises ``MalformedMessageError`` on anything unrecognised."""
+    """Parse one SQS message body. Raises ``MalformedMessageError`` on anything unrecognised.
+
+    Whatever a hostile body makes the parser raise (JSON nested past the recursion limit, a size of
+    ``1e400``, ...) is a malformed message too, never a crash of the message's processing.
+    """
     try:
         document = json.loads(body)
     except (json.JSONDecodeError, TypeError):
         raise MalformedMessageError("body is not JSON") from None
-    return _parse_document(document, depth=0)
+    except Exception as exc:  # noqa: BLE001 - e.g. RecursionError on deeply nested JSON
+        raise MalformedMessageError(f"body cannot be parsed ({type(exc).__name__})") from None
+    try:
+        return _parse_document(document, depth=0)
+    except MalformedMessageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure on a hostile shape
+        raise MalformedMessageError(f"event cannot be read ({type(exc).__name__})") from None
 
 
 def _parse_document(document: Any, depth: int) -> ParsedMessage:
@@ -135,10 +146,12 @@ def _clean_etag(raw: Any) -> str | None:
 
 
 def _optional_int(raw: Any) -> int | None:
+    """A size, when it is one: non-negative and finite (``1e400`` parses as infinity)."""
     try:
-        return int(raw) if raw is not None else None
-    except (TypeError, ValueError):
+        value = int(raw) if raw is not None and not isinstance(raw, bool) else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return value if value is None or value >= 0 else None
 
 
 def _parse_time(raw: Any) -> datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -56,14 +57,14 @@ def parse_source_key(key: str) -> SourceKey:
 
 @dataclass(frozen=True, slots=True)
 class QuarantineFields:
-    """The values a quarantine name is built from."""
+    """The values a quarantine name is built from (``None``: the EDC had no value)."""
 
-    ddcrf: str
-    ddfile: str
-    participant: str
-    event: str
-    subjecteventcrf_id: int | str
-    revision: int | str
+    ddcrf: str | None
+    ddfile: str | None
+    participant: str | None
+    event: str | None
+    subjecteventcrf_id: int | str | None
+    revision: int | str | None
     pipeline_file_id: int
     created_at: datetime
     ext: str
@@ -74,25 +75,39 @@ def clean_field(value: object) -> str:
     return _WHITESPACE.sub("", str(value)).replace("/", "-")
 
 
-def render_name(template: str, fields: QuarantineFields) -> str:
-    """Fill ``template`` (QUARANTINE_KEY_TEMPLATE) with cleaned fields; no prefix."""
+def render_name(template: str, fields: QuarantineFields, missing: str | None = None) -> str:
+    """Fill ``template`` (QUARANTINE_KEY_TEMPLATE) with cleaned fields; no prefix.
+
+    A field the template uses that is empty raises ``PermanentError`` ERRL4001 (the design's
+    "missing required input" for the copy), unless ``missing`` gives a stand-in (error logs: NA).
+    """
+    values: dict[str, object] = {
+        "ddcrf": fields.ddcrf,
+        "ddfile": fields.ddfile,
+        "participant": fields.participant,
+        "event": fields.event,
+        "subjecteventcrf_id": fields.subjecteventcrf_id,
+        "revision": fields.revision,
+    }
+    cleaned: dict[str, str] = {}
+    used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    for name, value in values.items():
+        text = clean_field(value) if value is not None else ""
+        if not text and name in used:
+            if missing is None:
+                raise PermanentError("ERRL4001", f"EDC field {name} is empty", Stage.QUARANTINE)
+            text = missing
+        cleaned[name] = text
     stamp = fields.created_at.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
     return template.format(
-        ddcrf=clean_field(fields.ddcrf),
-        ddfile=clean_field(fields.ddfile),
-        participant=clean_field(fields.participant),
-        event=clean_field(fields.event),
-        subjecteventcrf_id=clean_field(fields.subjecteventcrf_id),
-        revision=clean_field(fields.revision),
-        pipeline_file_id=fields.pipeline_file_id,
-        timestamp=stamp,
-        ext=fields.ext,
+        **cleaned, pipeline_file_id=fields.pipeline_file_id, timestamp=stamp, ext=fields.ext
     )
 
 
 def error_log_name(template: str, fields: QuarantineFields) -> str:
-    """The quarantine-style file name (last path part, no extension) + ``_error_log.txt``."""
-    name = render_name(template, fields)
+    """The quarantine-style file name (last path part, no extension) + ``_error_log.txt``; an
+    empty EDC field reads NA."""
+    name = render_name(template, fields, missing="NA")
     stem = name.rsplit("/", 1)[-1]
     if fields.ext and stem.endswith(fields.ext):
         stem = stem[: -len(fields.ext)]

@@ -21,18 +21,37 @@ from pydicom.tag import BaseTag
 from service.edc import EdcLookup, EdcRecord
 from service.errors import ErrorEntry, PermanentError, PipelineError, RetryableError, Stage
 from service.events import ObjectCreated
-from service.keys import QuarantineFields, SourceKey, ddfile_name_of, parse_source_key, render_name
+from service.keys import (
+    SOURCE_ROOT,
+    QuarantineFields,
+    SourceKey,
+    ddfile_name_of,
+    parse_source_key,
+    render_name,
+)
 from service.logs import describe_exception
 from service.processors import is_zip, process_upload
 from service.processors.archive import member_suffix
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
-from service.quarantine import place_in_quarantine
+from service.quarantine import IntegrityRecord, check_fits_s3, place_in_quarantine, quarantine_metadata
 from service.reporting import JobReport, Reporter
 from service.retry import is_transient_db_error
-from service.s3io import ObjectRef, ObjectStore
-from service.tracking import COMPLETED, EXHAUSTED_CODE, FAILED, Job, LeaseLostError, Pipeline, TrackingStore
+from service.s3io import Fingerprint, ObjectRef, ObjectStore, file_fingerprint
+from service.tracking import (
+    COMPLETED,
+    EXHAUSTED_CODE,
+    FAILED,
+    Job,
+    JobResult,
+    LeaseLostError,
+    Pipeline,
+    TrackingStore,
+)
+from service.workspace import check_room, disk_space
 
 log = structlog.get_logger()
+
+SOURCE_PREFIX = f"{SOURCE_ROOT}/"
 
 Clock = Callable[[], datetime]
 
@@ -87,6 +106,8 @@ class HandlerOptions:
     tracking_tag: BaseTag
     zip_limits: ZipLimits
     work_dir: Path | None
+    source_bucket: str | None = None  # None: events for any bucket are taken
+    max_in_memory_bytes: int = 256 * 1024**2
 
 
 @dataclass(slots=True)
@@ -99,6 +120,7 @@ class _Attempt:
     delivery: Delivery
     key: SourceKey | None = None
     record: EdcRecord | None = None
+    source_print: Fingerprint | None = None
     destination: str | None = None
 
 
@@ -124,6 +146,11 @@ class ObjectHandler:
     def handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
         """Process one object; return how to settle its message. Raises only on database faults
         before a job exists (the worker retries those like any transient fault)."""
+        if not self._is_source(source):
+            # Not an upload (a notification wired to the error-log or destination bucket, say):
+            # recording it would write an error log, whose event would come back here.
+            log.info("job.not_a_source_object", bucket=source.bucket)
+            return Outcome.done("not a source object")
         ddfile = ddfile_name_of(source.key)
         if ddfile is None:
             return self._reject_unplaceable(source)
@@ -149,6 +176,10 @@ class ObjectHandler:
                 # Another delivery holds the job (this one outlived its lease); it settles the job.
                 log.warning("job.lease_lost")
                 return Outcome.done("lease lost")
+
+    def _is_source(self, source: ObjectCreated) -> bool:
+        bucket = self._options.source_bucket
+        return (bucket is None or source.bucket == bucket) and source.key.startswith(SOURCE_PREFIX)
 
     def _attempt(self, attempt: _Attempt) -> Outcome:
         try:
@@ -194,32 +225,41 @@ class ObjectHandler:
         attempt.record = record
         owner = attempt.delivery.owner
         self._tracking.record_edc(attempt.job.id, owner, record, self._clock())
+        # Everything that can refuse the file without reading it, before the download.
+        name = self._options.quarantine_prefix + render_name(
+            self._options.name_template, _name_fields(attempt.job, attempt.key, record)
+        )
+        check_fits_s3(name, quarantine_metadata(attempt.job.id, attempt.source, _LARGEST, _LARGEST))
         size = attempt.source.size
-        if size is not None and size > self._options.max_object_bytes:
+        if size is None:
+            size = self._store.size_of(_ref(attempt.source))
+        if size > self._options.max_object_bytes:
             raise PermanentError("ERRL2003", f"{size} bytes > MAX_OBJECT_BYTES", Stage.DOWNLOAD)
-        bucket = self._options.destination_bucket
-        with tempfile.TemporaryDirectory(prefix="edc-job-", dir=self._options.work_dir) as tmp:
+        work_dir = self._options.work_dir or Path(tempfile.gettempdir())
+        check_room(size, disk_space(work_dir))
+        with tempfile.TemporaryDirectory(prefix="edc-job-", dir=work_dir) as tmp:
             result = self._stamp(attempt, Path(tmp))
             issues = member_issue_entries(Path(tmp) / "source", result)
-            # Reserved just before the upload: a job that fails earlier has no quarantine key.
-            destination = self._tracking.reserve_destination(
-                attempt.job.id,
-                owner,
-                bucket,
-                self._options.quarantine_prefix
-                + render_name(self._options.name_template, _name_fields(attempt.job, attempt.key, record)),
+            output = file_fingerprint(Path(tmp) / "output")
+            assert attempt.source_print is not None
+            metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
+            # Reserved just before the upload: a job that fails earlier has no quarantine key. A
+            # retry writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
+            bucket, destination = self._tracking.reserve_destination(
+                attempt.job.id, owner, self._options.destination_bucket, name
             )
-            place_in_quarantine(
-                self._store, Path(tmp) / "output", bucket, destination, attempt.job.id, attempt.source
+            check_fits_s3(destination, metadata)
+            placed = place_in_quarantine(
+                self._store, Path(tmp) / "output", bucket, destination, attempt.job.id, metadata, output
             )
         attempt.destination = destination
-        return self._complete(attempt, result, issues)
+        integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
+        return self._complete(attempt, result, issues, integrity)
 
     def _stamp(self, attempt: _Attempt, tmp: Path) -> ProcessResult:
         source = attempt.source
-        ref = ObjectRef(source.bucket, source.key, source.version_id, source.etag)
         started = self._clock()
-        size = self._store.download(ref, tmp / "source")
+        attempt.source_print = self._store.download(_ref(source), tmp / "source")
         job_id = attempt.job.id
 
         def allocate(series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]:
@@ -239,7 +279,7 @@ class ObjectHandler:
         )
         log.info(
             "job.processed",
-            bytes=size,
+            bytes=attempt.source_print.size,
             series=len(result.series),
             members=result.members,
             instances_stamped=result.instances_stamped,
@@ -250,10 +290,15 @@ class ObjectHandler:
         )
         return result
 
-    def _complete(self, attempt: _Attempt, result: ProcessResult, entries: list[ErrorEntry]) -> Outcome:
+    def _complete(
+        self, attempt: _Attempt, result: ProcessResult, entries: list[ErrorEntry], integrity: IntegrityRecord
+    ) -> Outcome:
         now = self._clock()
+        settled = JobResult(
+            result.series, integrity, result.members, result.instances_stamped, result.system_files
+        )
         try:
-            self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, entries, now)
+            self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, entries, now, settled)
         except psycopg2.Error as exc:
             raise RetryableError(
                 "ERRL4003", f"recording the result failed ({type(exc).__name__})", Stage.TRACKING
@@ -300,7 +345,9 @@ class ObjectHandler:
 
     def _fail(self, attempt: _Attempt, entries: list[ErrorEntry], job_code: str) -> None:
         now = self._clock()
-        self._tracking.fail_job(attempt.job.id, attempt.delivery.owner, job_code, entries, now)
+        self._tracking.fail_job(
+            attempt.job.id, attempt.delivery.owner, job_code, entries, now, attempt.source_print
+        )
         log.warning("job.failed", error_code=entries[0].code, stage=entries[0].stage)
         self._reporter.report_errors(self._report(attempt, FAILED), entries, now)
 
@@ -346,6 +393,14 @@ def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry
             label = f"#{positions[issue.member]}{member_suffix(issue.member)}"
         entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
     return entries
+
+
+def _ref(source: ObjectCreated) -> ObjectRef:
+    return ObjectRef(source.bucket, source.key, source.version_id, source.etag)
+
+
+# The largest integrity values, to check the metadata's size before anything is read.
+_LARGEST = Fingerprint(10**19, "f" * 64)
 
 
 def _entry(exc: PipelineError) -> ErrorEntry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -9,36 +10,96 @@ import structlog
 
 from service.errors import PermanentError, Stage
 from service.events import ObjectCreated
-from service.s3io import ObjectStore
+from service.s3io import Fingerprint, ObjectStore
 
 log = structlog.get_logger()
 
 JOB_ID_METADATA = "pipeline-file-id"
+SHA256_METADATA = "sha256"
+# S3's own limits: a key is at most 1,024 bytes of UTF-8; user metadata at most 2 KB (names and
+# values, as S3 counts them).
+MAX_KEY_BYTES = 1024
+MAX_METADATA_BYTES = 2048
 
 
-def quarantine_metadata(job_id: int, source: ObjectCreated) -> dict[str, str]:
-    """S3 user metadata: the job id and where the file came from (ASCII, so the key is quoted)."""
+@dataclass(frozen=True, slots=True)
+class IntegrityRecord:
+    """Size and SHA-256 of the source version read and of the quarantine object written."""
+
+    source: Fingerprint
+    quarantine: Fingerprint
+    s3_checksum: str | None  # S3's ChecksumSHA256 of the object, when it answered one
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the file went and the checksum S3 gave it (None when an earlier attempt wrote it)."""
+
+    bucket: str
+    key: str
+    stored: Fingerprint  # of the object in quarantine (an earlier attempt's, if it wrote it)
+    s3_checksum: str | None
+
+
+def quarantine_metadata(
+    job_id: int, source: ObjectCreated, source_print: Fingerprint, output: Fingerprint
+) -> dict[str, str]:
+    """S3 user metadata: the job id, where the file came from, and the integrity record (ASCII,
+    so the key is quoted)."""
     return {
         JOB_ID_METADATA: str(job_id),
         "source-bucket": source.bucket,
         "source-key": quote(source.key, safe="/"),
         "source-version": source.version_or_etag,
+        "source-bytes": str(source_print.size),
+        "source-sha256": source_print.sha256,
+        "bytes": str(output.size),
+        SHA256_METADATA: output.sha256,
     }
 
 
+def check_fits_s3(key: str, metadata: dict[str, str]) -> None:
+    """Raise ``PermanentError`` ERRL4005 for a key or metadata S3 would refuse (long EDC names).
+
+    Checked before the upload, so the job fails once with a code instead of as retried S3 errors.
+    """
+    key_bytes = len(key.encode("utf-8"))
+    if key_bytes > MAX_KEY_BYTES:
+        raise PermanentError(
+            "ERRL4005", f"quarantine key is {key_bytes} bytes; S3 allows {MAX_KEY_BYTES}", Stage.QUARANTINE
+        )
+    meta_bytes = sum(len(f"x-amz-meta-{k}".encode()) + len(v.encode()) for k, v in metadata.items())
+    if meta_bytes > MAX_METADATA_BYTES:
+        raise PermanentError(
+            "ERRL4005",
+            f"object metadata is {meta_bytes} bytes; S3 allows {MAX_METADATA_BYTES}",
+            Stage.QUARANTINE,
+        )
+
+
 def place_in_quarantine(
-    store: ObjectStore, path: Path, bucket: str, key: str, job_id: int, source: ObjectCreated
-) -> None:
+    store: ObjectStore,
+    path: Path,
+    bucket: str,
+    key: str,
+    job_id: int,
+    metadata: dict[str, str],
+    output: Fingerprint,
+) -> Placement:
     """Write ``path`` to ``bucket/key`` once.
 
     If the key already holds this job's object (an earlier attempt wrote it, then died before
     recording it), that object stands. If it holds another job's object, raise ERRL4004: a
     quarantine object is never overwritten.
     """
-    if store.upload_once(path, bucket, key, quarantine_metadata(job_id, source)):
-        return
+    receipt = store.upload_once(path, bucket, key, metadata, output.sha256)
+    if receipt.written:
+        return Placement(bucket, key, output, receipt.s3_checksum)
     existing = store.head(bucket, key) or {}
     if existing.get(JOB_ID_METADATA) == str(job_id):
-        log.info("quarantine.already_written", pipeline_file_id=job_id)
-        return
+        stored = output
+        if existing.get(SHA256_METADATA) and existing.get("bytes", "").isdigit():
+            stored = Fingerprint(int(existing["bytes"]), existing[SHA256_METADATA])
+        log.info("quarantine.already_written", pipeline_file_id=job_id, same_bytes=stored == output)
+        return Placement(bucket, key, stored, None)
     raise PermanentError("ERRL4004", "destination key holds another job's object", Stage.QUARANTINE)

@@ -18,10 +18,13 @@ from service.errors import ErrorEntry, RetryableError, meaning_of
 from service.events import ObjectCreated
 from service.keys import QuarantineFields, SourceKey, clean_field, error_log_name
 from service.notify import Notifier
+from service.quarantine import MAX_KEY_BYTES
 from service.s3io import ObjectStore
 
 log = structlog.get_logger()
 
+# SNS refuses messages over 256 KB (subject and attributes included): stay well below.
+NOTIFICATION_LIMIT_BYTES = 250_000
 UNASSIGNED = "unassigned"  # error-log folder for keys that no pipeline could be chosen for
 _MISSING = "NA"
 
@@ -70,8 +73,7 @@ class Reporter:
                 log.error("report.error_log_failed", error_code=exc.code, pipeline_file_id=job.job_id)
         codes = sorted({e.code for e in errors})
         subject = f"EDC image pipeline: {' '.join(codes)} on job {job.job_id or '-'}"
-        body = text + (f"\nerror log: {location}\n" if location else "")
-        self._publish(subject, body, job)
+        self._publish(subject, fit_notification(text, location), job)
         return location
 
     def report_completion(self, job: JobReport) -> None:
@@ -105,15 +107,47 @@ class Reporter:
             created_at=job.created_at,
             ext=key.ext if key else "",
         )
-        return (
+        full = (
             f"{self._targets.error_log_prefix}{folder}/{error_log_name(self._targets.name_template, fields)}"
         )
+        if len(full.encode("utf-8")) <= MAX_KEY_BYTES:
+            return full
+        # EDC names too long for an S3 key (ERRL4005 for the quarantine name): the ids suffice.
+        stamp = job.created_at.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
+        return f"{self._targets.error_log_prefix}{folder}/job_{job.job_id}_{stamp}_error_log.txt"
 
     def _publish(self, subject: str, body: str, job: JobReport) -> None:
         try:
             self._notifier.publish(subject, body)
         except RetryableError as exc:
             log.error("report.notification_failed", error_code=exc.code, pipeline_file_id=job.job_id)
+
+
+def fit_notification(text: str, location: str | None, limit: int = NOTIFICATION_LIMIT_BYTES) -> str:
+    """The error log text as a notification body within SNS's size limit.
+
+    A zip with thousands of member issues makes a log larger than SNS accepts (256 KB): keep the
+    header and as many error lines as fit, then say how many were left out and where the whole
+    log is.
+    """
+    footer = f"\nerror log: {location}\n" if location else ""
+    if len((text + footer).encode("utf-8")) <= limit:
+        return text + footer
+    lines = text.splitlines()
+    kept: list[str] = []
+    size = 0
+    budget = limit - 400  # room for the note and the footer
+    for line in lines:
+        size += len(line.encode("utf-8")) + 1
+        if size > budget:
+            break
+        kept.append(line)
+    left_out = len(lines) - len(kept)
+    where = (
+        f"the full list is in the error log {location}" if location else "the full list is in the database"
+    )
+    note = f"  ... {left_out} more line(s) not shown: {where}"
+    return "\n".join([*kept, note]) + "\n" + footer
 
 
 def render_error_log(job: JobReport, errors: Sequence[ErrorEntry], now: datetime) -> str:

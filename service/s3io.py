@@ -27,6 +27,22 @@ _CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """Size and SHA-256 (hex) of a file's bytes: one half of the integrity record."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadReceipt:
+    """What a write-once upload did: written now or found there, and S3's checksum of the object."""
+
+    written: bool  # False: the key already held an object (not overwritten)
+    s3_checksum: str | None = None  # ChecksumSHA256 as S3 answered it ("<b64>" or "<b64>-<parts>")
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectRef:
     """One object version: the version id when the bucket is versioned, else the ETag."""
 
@@ -50,9 +66,10 @@ class ObjectStore:
         self._threshold = multipart_threshold
         self._part_size = part_size
 
-    def download(self, ref: ObjectRef, path: Path) -> int:
-        """Stream the exact object version to ``path``; return its size.
+    def download(self, ref: ObjectRef, path: Path) -> Fingerprint:
+        """Stream the exact object version to ``path``; return its size and SHA-256.
 
+        The digest is taken from the bytes as they arrive (no second pass over the file).
         Raises ``PermanentError`` ERRL2002 when that version is gone (deleted or overwritten),
         ``RetryableError`` ERRL2001 when S3 stays unavailable after retries.
         """
@@ -67,7 +84,7 @@ class ObjectStore:
             raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
 
     @aws_retry
-    def _download(self, ref: ObjectRef, path: Path) -> int:
+    def _download(self, ref: ObjectRef, path: Path) -> Fingerprint:
         args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
             args["VersionId"] = ref.version_id
@@ -75,11 +92,35 @@ class ObjectStore:
             args["IfMatch"] = f'"{ref.etag}"'
         response = self._s3.get_object(**args)
         size = 0
+        digest = hashlib.sha256()
         with open(path, "wb") as out:
             for chunk in response["Body"].iter_chunks(_CHUNK):
                 out.write(chunk)
+                digest.update(chunk)
                 size += len(chunk)
-        return size
+        return Fingerprint(size, digest.hexdigest())
+
+    def size_of(self, ref: ObjectRef) -> int:
+        """The object version's size (HEAD), for events that do not carry one.
+
+        Raises as ``download`` does.
+        """
+        args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version_id:
+            args["VersionId"] = ref.version_id
+        try:
+            return int(self._head_version(args)["ContentLength"])
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound"):
+                raise PermanentError("ERRL2002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
+            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
+
+    @aws_retry
+    def _head_version(self, args: dict[str, Any]) -> Any:
+        return self._s3.head_object(**args)
 
     def head(self, bucket: str, key: str) -> Mapping[str, str] | None:
         """The object's user metadata, or None when there is no such object."""
@@ -95,39 +136,46 @@ class ObjectStore:
     def _head(self, bucket: str, key: str) -> Any:
         return self._s3.head_object(Bucket=bucket, Key=key)
 
-    def upload_once(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> bool:
+    def upload_once(
+        self, path: Path, bucket: str, key: str, metadata: Mapping[str, str], sha256: str | None = None
+    ) -> UploadReceipt:
         """Write ``path`` to ``bucket/key`` unless an object is already there; never overwrite.
 
-        Returns True when written now, False when the key already existed (the caller decides
-        whether the existing object is its own earlier attempt). Raises ``RetryableError`` ERRL4002
-        when S3 stays unavailable.
+        ``sha256`` (hex), when the caller has it, saves a pass over the file for a single PUT.
+        ``written`` is False when the key already existed (the caller decides whether the existing
+        object is its own earlier attempt). Raises ``RetryableError`` ERRL4002 when S3 stays
+        unavailable.
         """
         try:
             if path.stat().st_size < self._threshold:
-                self._put_small(path, bucket, key, metadata)
+                checksum = self._put_small(path, bucket, key, metadata, sha256)
             else:
-                self._put_multipart(path, bucket, key, metadata)
+                checksum = self._put_multipart(path, bucket, key, metadata)
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-                return False
+                return UploadReceipt(written=False)
             raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
-        return True
+        return UploadReceipt(written=True, s3_checksum=checksum)
 
     @aws_retry
-    def _put_small(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> None:
+    def _put_small(
+        self, path: Path, bucket: str, key: str, metadata: Mapping[str, str], sha256: str | None
+    ) -> str | None:
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode() if sha256 else _sha256_file(path)
         with open(path, "rb") as body:
-            self._s3.put_object(
+            response = self._s3.put_object(
                 Bucket=bucket,
                 Key=key,
                 Body=body,
                 Metadata=dict(metadata),
                 IfNoneMatch="*",
-                ChecksumSHA256=_sha256_file(path),
+                ChecksumSHA256=checksum,
             )
+        return response.get("ChecksumSHA256") or checksum
 
-    def _put_multipart(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> None:
+    def _put_multipart(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> str | None:
         upload_id = self._create_multipart(bucket, key, metadata)
         try:
             parts = []
@@ -136,7 +184,7 @@ class ObjectStore:
                 while chunk := body.read(self._part_size):
                     parts.append(self._upload_part(bucket, key, upload_id, number, chunk))
                     number += 1
-            self._complete_multipart(bucket, key, upload_id, parts)
+            return self._complete_multipart(bucket, key, upload_id, parts)
         except BaseException:
             self._abort_multipart(bucket, key, upload_id)
             raise
@@ -164,14 +212,19 @@ class ObjectStore:
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
     @aws_retry
-    def _complete_multipart(self, bucket: str, key: str, upload_id: str, parts: list[dict[str, Any]]) -> None:
-        self._s3.complete_multipart_upload(
+    def _complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: list[dict[str, Any]]
+    ) -> str | None:
+        response = self._s3.complete_multipart_upload(
             Bucket=bucket,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
             IfNoneMatch="*",
         )
+        # The composite checksum (a checksum of the parts' checksums) with the part count.
+        checksum = response.get("ChecksumSHA256")
+        return f"{checksum}-{len(parts)}" if checksum and "-" not in checksum else checksum
 
     def _abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
         # If this fails too, the bucket's lifecycle rule for incomplete uploads cleans up.
@@ -190,6 +243,17 @@ class ObjectStore:
         self._s3.put_object(
             Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/plain; charset=utf-8"
         )
+
+
+def file_fingerprint(path: Path) -> Fingerprint:
+    """Size and SHA-256 of a local file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as body:
+        while chunk := body.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return Fingerprint(size, digest.hexdigest())
 
 
 def _sha256_file(path: Path) -> str:

@@ -16,6 +16,8 @@ from service.edc import EdcRecord
 from service.errors import ErrorEntry
 from service.events import ObjectCreated
 from service.processors.base import SeriesKey, SeriesSummary
+from service.quarantine import IntegrityRecord
+from service.s3io import Fingerprint
 
 STARTED, IN_PROGRESS, COMPLETED, FAILED = "Started", "In Progress", "Completed", "Failed"
 # A job failed only because deliveries ran out; a redrive from the DLQ may run it again.
@@ -35,6 +37,17 @@ class Pipeline:
     label: str
     ddfiles: tuple[str, ...]
     enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """What a completed job wrote: its series as stamped, the integrity record and the counts."""
+
+    series: Sequence[SeriesSummary]
+    integrity: IntegrityRecord
+    members: int
+    instances_stamped: int
+    system_files: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,44 +238,38 @@ class TrackingStore:
             ),
         )
 
-    def reserve_destination(self, job_id: int, owner: str, bucket: str, key: str) -> str:
-        """The job's quarantine key: ``key`` the first time, the one reserved earlier on a retry.
+    def reserve_destination(self, job_id: int, owner: str, bucket: str, key: str) -> tuple[str, str]:
+        """The job's quarantine bucket and key: these the first time, the ones reserved earlier on
+        a retry.
 
         Stored before the upload, so a retry after an upload whose job row was never completed
-        finds the same key (and the object already there) even if the EDC values changed since.
+        finds the same place (and the object already there) even if the EDC values or
+        ``DESTINATION_BUCKET`` changed since.
         """
         with self._db.transaction() as cur:
             cur.execute(
                 "UPDATE pipeline.edc_pipeline_file SET destination_bucket = COALESCE(destination_bucket, %s),"
                 " destination_key = COALESCE(destination_key, %s)"
-                " WHERE id = %s AND lease_owner = %s AND status = %s RETURNING destination_key",
+                " WHERE id = %s AND lease_owner = %s AND status = %s"
+                " RETURNING destination_bucket, destination_key",
                 (bucket, key, job_id, owner, IN_PROGRESS),
             )
             row = cur.fetchone()
         if row is None:
             raise LeaseLostError(job_id)
-        return str(row[0])
+        return str(row[0]), str(row[1])
 
-    def complete_job(self, job_id: int, owner: str, errors: Sequence[ErrorEntry], now: datetime) -> None:
-        """Completed, with its error rows, in one transaction; any error means has_error."""
+    def complete_job(
+        self, job_id: int, owner: str, errors: Sequence[ErrorEntry], now: datetime, result: JobResult
+    ) -> None:
+        """Completed, with its error rows, integrity record and true series rows, in one
+        transaction; any error means has_error.
+
+        The series rows were allocated from the scan; here they take the counts of what was
+        stamped, and a series none of whose instances carries its ATRIUID loses its row.
+        """
         code = errors[0].code if errors else None
-        self._settle(job_id, owner, COMPLETED, code, errors, now)
-
-    def fail_job(
-        self, job_id: int, owner: str, code: str, errors: Sequence[ErrorEntry], now: datetime
-    ) -> None:
-        """Failed (the file is not in quarantine), with its error rows, in one transaction."""
-        self._settle(job_id, owner, FAILED, code, errors, now)
-
-    def _settle(
-        self,
-        job_id: int,
-        owner: str,
-        status: str,
-        code: str | None,
-        errors: Sequence[ErrorEntry],
-        now: datetime,
-    ) -> None:
+        integrity = result.integrity
         with self._db.transaction() as cur:
             self._update_owned_in(
                 cur,
@@ -270,10 +277,75 @@ class TrackingStore:
                 owner,
                 now,
                 "status = %s, has_error = %s, error_code = %s, completed_at = %s,"
-                " lease_owner = NULL, lease_until = NULL",
-                (status, code is not None, code, now),
+                " lease_owner = NULL, lease_until = NULL, source_bytes = %s, source_sha256 = %s,"
+                " quarantine_bytes = %s, quarantine_sha256 = %s, quarantine_s3_checksum = %s,"
+                " members = %s, instances_stamped = %s, system_files = %s",
+                (
+                    COMPLETED,
+                    code is not None,
+                    code,
+                    now,
+                    integrity.source.size,
+                    integrity.source.sha256,
+                    integrity.quarantine.size,
+                    integrity.quarantine.sha256,
+                    integrity.s3_checksum,
+                    result.members,
+                    result.instances_stamped,
+                    result.system_files,
+                ),
+            )
+            self._true_series(cur, job_id, result.series)
+            self._insert_errors(cur, job_id, errors, now)
+
+    def fail_job(
+        self,
+        job_id: int,
+        owner: str,
+        code: str,
+        errors: Sequence[ErrorEntry],
+        now: datetime,
+        source: Fingerprint | None = None,
+    ) -> None:
+        """Failed (the file is not in quarantine), with its error rows, in one transaction.
+
+        Series rows go too, unless a quarantine key was reserved (an earlier attempt may have
+        written the object, which carries those ATRIUIDs; a redrive completes it).
+        """
+        with self._db.transaction() as cur:
+            self._update_owned_in(
+                cur,
+                job_id,
+                owner,
+                now,
+                "status = %s, has_error = true, error_code = %s, completed_at = %s,"
+                " lease_owner = NULL, lease_until = NULL,"
+                " source_bytes = COALESCE(%s, source_bytes), source_sha256 = COALESCE(%s, source_sha256)",
+                (FAILED, code, now, source.size if source else None, source.sha256 if source else None),
+            )
+            cur.execute(
+                "DELETE FROM pipeline.edc_pipeline_file_dicom d USING pipeline.edc_pipeline_file f"
+                " WHERE d.edc_pipeline_file_id = %s AND f.id = d.edc_pipeline_file_id"
+                " AND f.destination_key IS NULL",
+                (job_id,),
             )
             self._insert_errors(cur, job_id, errors, now)
+
+    @staticmethod
+    def _true_series(cur: Any, job_id: int, series: Sequence[SeriesSummary]) -> None:
+        kept: list[int] = []
+        for summary in series:
+            cur.execute(
+                "UPDATE pipeline.edc_pipeline_file_dicom SET number_of_instances = %s"
+                " WHERE edc_pipeline_file_id = %s AND study_uid = %s AND series_uid = %s RETURNING id",
+                (summary.number_of_instances, job_id, summary.key.study_uid, summary.key.series_uid),
+            )
+            kept.extend(row[0] for row in cur.fetchall())
+        cur.execute(
+            "DELETE FROM pipeline.edc_pipeline_file_dicom"
+            " WHERE edc_pipeline_file_id = %s AND NOT id = ANY(%s)",
+            (job_id, kept),
+        )
 
     def _update_owned(
         self, job_id: int, owner: str, now: datetime, assignments: str, values: tuple[object, ...]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ def test_stamp_prints_the_series_and_writes_the_uids(
     out = capsys.readouterr().out
     assert "42.1" in out and "7 instance(s) stamped" in out
     assert "Doe^Peter" not in out
+    # The integrity record: size and SHA-256 of what went in and what came out.
+    for label, path in (("input", archive), ("output", tmp_path / "out.zip")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f"{label}: {path.stat().st_size} bytes, sha256 {digest}" in out
     single = tmp_path / "out.dcm"
     assert main(["stamp", str(bundled_file("CT_small.dcm")), str(single)], {}) == 0
     assert pydicom.dcmread(single)[0x0012, 0x0071].value == "0.1"

@@ -288,7 +288,7 @@ def test_several_edc_rows_is_errl1005(stack: TestStack) -> None:
 
 def test_source_bucket_gone_is_errl2002(stack: TestStack) -> None:
     stack.send(_s3_event("no-such-bucket-anywhere", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
-    with stack.worker():
+    with stack.worker(SOURCE_BUCKET=""):  # no SOURCE_BUCKET: events for any bucket are taken
         (job,) = stack.wait_settled(1)
     assert (job["status"], job["error_code"]) == ("Failed", "ERRL2002")
 

@@ -9,11 +9,15 @@ import pytest
 from service.db import Database
 from service.errors import ErrorEntry
 from service.events import ObjectCreated
-from service.tracking import LeaseLostError, TrackingStore
+from service.quarantine import IntegrityRecord
+from service.s3io import Fingerprint
+from service.tracking import JobResult, LeaseLostError, TrackingStore
 from tests.stackfixtures import PIPELINE_CODE, TestStack
 
 T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=300)
+_PRINT = Fingerprint(10, "0" * 64)
+NOTHING = JobResult((), IntegrityRecord(_PRINT, _PRINT, None), 1, 0, 0)
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def test_a_delivery_that_lost_its_lease_cannot_settle_the_job(store: TrackingSto
     assert store.claim_job(job, "msg-1:1", T0, LEASE)
     later = T0 + LEASE + timedelta(seconds=1)
     assert store.claim_job(job, "msg-2:1", later, LEASE)
-    store.complete_job(job, "msg-2:1", [], later)
+    store.complete_job(job, "msg-2:1", [], later, NOTHING)
     with pytest.raises(LeaseLostError):
         store.fail_job(job, "msg-1:1", "ERRL8003", [ErrorEntry("ERRL8003", "x", "worker")], later)
     with pytest.raises(LeaseLostError):
@@ -65,11 +69,15 @@ def test_a_delivery_that_lost_its_lease_cannot_settle_the_job(store: TrackingSto
 def test_the_destination_key_is_reserved_once(store: TrackingStore) -> None:
     job = _job_id(store)
     assert store.claim_job(job, "msg-1:1", T0, LEASE)
-    assert store.reserve_destination(job, "msg-1:1", "dst", "quarantine/a.dcm") == "quarantine/a.dcm"
+    assert store.reserve_destination(job, "msg-1:1", "dst", "quarantine/a.dcm") == ("dst", "quarantine/a.dcm")
     store.release_job(job, "msg-1:1", T0, waiting_for_edc=False)
     assert store.claim_job(job, "msg-1:2", T0 + timedelta(seconds=30), LEASE)
-    # The EDC values changed between attempts: the retry still writes where the first one did.
-    assert store.reserve_destination(job, "msg-1:2", "dst", "quarantine/b.dcm") == "quarantine/a.dcm"
+    # The EDC values and DESTINATION_BUCKET changed between attempts: the retry still writes
+    # where the first one did.
+    assert store.reserve_destination(job, "msg-1:2", "dst2", "quarantine/b.dcm") == (
+        "dst",
+        "quarantine/a.dcm",
+    )
 
 
 def test_a_job_failed_by_exhausted_deliveries_can_run_again_after_a_redrive(store: TrackingStore) -> None:
@@ -77,5 +85,5 @@ def test_a_job_failed_by_exhausted_deliveries_can_run_again_after_a_redrive(stor
     assert store.claim_job(job, "msg-1:2", T0, LEASE)
     store.fail_job(job, "msg-1:2", "ERRL8003", [ErrorEntry("ERRL8003", "x", "worker")], T0)
     assert store.claim_job(job, "msg-9:1", T0 + timedelta(seconds=1), LEASE)
-    store.complete_job(job, "msg-9:1", [], T0 + timedelta(seconds=2))
+    store.complete_job(job, "msg-9:1", [], T0 + timedelta(seconds=2), NOTHING)
     assert not store.claim_job(job, "msg-10:1", T0 + timedelta(hours=2), LEASE)  # settled for good

@@ -214,6 +214,7 @@ def stack_environment(
         "AWS_ENDPOINT_URL": endpoint,
         "PIPELINE_QUEUE_URL": aws.queue_url,
         "PIPELINE_DLQ_URL": aws.dlq_url,
+        "SOURCE_BUCKET": names.source_bucket,
         "DESTINATION_BUCKET": names.destination_bucket,
         "ERROR_LOG_BUCKET": names.error_log_bucket,
         "EDC_DATABASE_URL": edc_url,

@@ -51,11 +51,14 @@ class ZipLimits:
 class ProcessResult:
     """What a processor did to one upload."""
 
+    # The series as written: number_of_instances counts the instances that carry the series'
+    # ATRIUID in the output; a series none of whose instances could be stamped is left out.
     series: tuple[SeriesSummary, ...]
     issues: tuple[MemberIssue, ...]
     instances_stamped: int
     members: int  # 1 for a single file
     fallbacks: int = 0  # instances that needed a full pydicom rewrite instead of a header splice
+    system_files: int = 0  # __MACOSX, .DS_Store, DICOMDIR...: carried over, expected, no issue
 
 
 class UidAllocator(Protocol):
