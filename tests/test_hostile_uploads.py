@@ -1,0 +1,215 @@
+"""Issue 10 on the real stack (moto's server + the throwaway PostgreSQL): records that are true,
+refusals that are permanent and coded, and events that are not uploads left alone."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from service.config import Settings
+from service.errors import ConfigError
+from service.local.samples import bundled_file
+from service.workspace import DiskSpace
+from tests.stackfixtures import TestStack
+
+CT_KEY = "subjecteventcrffile/1/101/CT Scan/v1.dcm"  # EDC row 1001
+OTHER_KEY = "subjecteventcrffile/2/102/CT Scan/v1.zip"  # EDC row 1004
+SNS_LIMIT = 256 * 1024
+
+
+def _event(bucket: str, key: str) -> dict[str, object]:
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": "abc", "size": 10}},
+            }
+        ]
+    }
+
+
+# -- 9: the integrity record ---------------------------------------------------------------------
+def test_integrity_record_is_on_the_job_row_and_in_the_object_metadata(stack: TestStack) -> None:
+    original = bundled_file("CT_small.dcm").read_bytes()
+    with stack.worker():
+        stack.upload(CT_KEY, original)
+        (job,) = stack.wait_settled(1)
+    stored = stack.read(stack.names.destination_bucket, job["destination_key"])
+    source_sha, stored_sha = hashlib.sha256(original).hexdigest(), hashlib.sha256(stored).hexdigest()
+    assert (job["source_bytes"], job["source_sha256"]) == (len(original), source_sha)
+    assert (job["quarantine_bytes"], job["quarantine_sha256"]) == (len(stored), stored_sha)
+    # S3's own checksum of a single PUT is the object's SHA-256, base64.
+    assert job["quarantine_s3_checksum"] == base64.b64encode(hashlib.sha256(stored).digest()).decode()
+    assert (job["members"], job["instances_stamped"], job["system_files"]) == (1, 1, 0)
+    metadata = stack.client("s3").head_object(
+        Bucket=stack.names.destination_bucket, Key=job["destination_key"]
+    )["Metadata"]
+    assert metadata["source-sha256"] == source_sha and metadata["source-bytes"] == str(len(original))
+    assert metadata["sha256"] == stored_sha and metadata["bytes"] == str(len(stored))
+
+
+# -- 6: smaller ones ------------------------------------------------------------------------------
+def test_a_notification_too_large_for_sns_is_shortened_and_points_to_the_error_log(
+    stack: TestStack,
+) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("IM0001.dcm", bundled_file("CT_small.dcm").read_bytes())
+        for n in range(2500):
+            archive.writestr(f"notes/{n:05d}.txt", b"scanner notes")
+    with stack.worker():
+        stack.upload(OTHER_KEY, buffer.getvalue())
+        (job,) = stack.wait_settled(1, timeout=90)
+    assert (job["status"], job["error_code"]) == ("Completed", "ERRS1013")
+    (log_key,) = stack.keys(stack.names.error_log_bucket)
+    full_log = stack.read(stack.names.error_log_bucket, log_key)
+    assert len(full_log) > SNS_LIMIT  # the whole list is in the log...
+    (note,) = stack.notifications()
+    body = note["message"].encode()
+    assert len(body) <= SNS_LIMIT  # ...and the notification still arrived, shortened
+    assert "more line(s) not shown" in note["message"] and log_key in note["message"]
+
+
+@pytest.mark.parametrize("tag", ["0028,0010", "0008,1115", "0010,0010", "0020,0011"])
+def test_a_tracking_tag_the_processor_cannot_use_stops_start_up(
+    tag: str, stack: TestStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rows (US), a sequence (SQ), a person name, an integer string: refused before any job.
+    with pytest.raises(ConfigError, match="DICOM_TRACKING_TAG"):
+        Settings.from_env({"DICOM_TRACKING_TAG": tag})
+    assert main(["worker"], {**stack.env, "DICOM_TRACKING_TAG": tag}) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "DICOM_TRACKING_TAG" in line
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000 + "]" * 100_000,  # nested past the recursion limit
+        json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": ["x"]}}}]}),
+        '{"Records": [{"eventName": "ObjectCreated:Put", "eventTime": 1e400}]}',
+    ],
+    ids=["deep", "odd-shape", "infinite-time"],
+)
+def test_any_failure_to_parse_a_body_is_a_recorded_malformed_message(stack: TestStack, body: str) -> None:
+    with stack.worker():
+        stack.send(body)
+        stack.wait_for(lambda: len(stack.errors()) >= 1, what="error row", timeout=20)
+    (error,) = stack.errors()
+    assert error["error_code"] == "ERRS1001"
+    assert '"worker.process_crashed"' not in stack.log.getvalue()
+
+
+def test_a_size_that_is_not_a_number_is_ignored_and_the_file_processed(stack: TestStack) -> None:
+    stack.client("s3").put_bucket_notification_configuration(
+        Bucket=stack.names.source_bucket, NotificationConfiguration={}
+    )
+    stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+    body = json.dumps(_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm"))
+    etag = stack.client("s3").head_object(Bucket=stack.names.source_bucket, Key=CT_KEY)["ETag"].strip('"')
+    with stack.worker():
+        stack.send(body.replace('"size": 10', '"size": 1e400').replace('"abc"', f'"{etag}"'))
+        (job,) = stack.wait_settled(1)
+    assert (job["status"], job["source_size"]) == ("Completed", None)
+
+
+def test_null_edc_fields_never_become_none_in_names(stack: TestStack, tmp_path: Path) -> None:
+    lookup = (Path(__file__).resolve().parents[1] / "service/sql/edc_lookup.sql").read_text()
+    sql = tmp_path / "lookup.sql"
+    sql.write_text(lookup.replace("subject.participant_code", "NULL::text"))
+    with stack.worker(EDC_LOOKUP_SQL=str(sql)):
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1)
+    assert (job["status"], job["error_code"], job["participant_code"]) == ("Failed", "ERRL4001", None)
+    assert stack.quarantine_keys() == []
+    (log_key,) = stack.keys(stack.names.error_log_bucket)
+    assert "_NA_" in log_key and "None" not in log_key
+    text = stack.read(stack.names.error_log_bucket, log_key).decode()
+    assert "ERRL4001" in text and "participant" in text and "None" not in text
+
+
+def test_events_for_other_buckets_and_prefixes_are_acknowledged_with_one_line(stack: TestStack) -> None:
+    error_log_key = "image_pipelines/error_logs/IMAGING/x_error_log.txt"
+    with stack.worker():
+        stack.send(_event(stack.names.error_log_bucket, error_log_key))  # a notification loop
+        stack.send(_event(stack.names.source_bucket, error_log_key))  # right bucket, not an upload
+        stack.send(_event("someone-elses-bucket", "subjecteventcrffile/1/101/CT+Scan/v1.dcm"))
+        stack.wait_for(lambda: stack.queue_depth() == 0, what="all acknowledged")
+    assert stack.jobs() == [] and stack.errors() == []
+    assert stack.keys(stack.names.error_log_bucket) == [] and stack.notifications() == []
+    assert stack.log.getvalue().count('"job.not_a_source_object"') == 3
+
+
+def test_a_file_that_cannot_fit_work_dir_fails_before_the_download(
+    stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 20 GB upload on a task whose ephemeral storage is 21 GB: two copies never fit.
+    monkeypatch.setattr("service.pipeline.disk_space", lambda _path: DiskSpace(21 * 1024**3, 20 * 1024**3))
+    stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+    event = _event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm")
+    obj = event["Records"][0]["s3"]["object"]  # type: ignore[index]
+    obj["size"], obj["eTag"] = 20 * 1024**3, "whatever"
+    with stack.worker():
+        stack.send(event)
+        job = next(j for j in stack.wait_settled(1) if j["status"] == "Failed")
+    assert job["error_code"] == "ERRL2004"
+    assert '"retry.scheduled"' not in stack.log.getvalue()
+
+
+def test_a_file_that_cannot_fit_now_waits_without_downloading(
+    short_stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = short_stack
+    downloads: list[object] = []
+    monkeypatch.setattr("service.pipeline.disk_space", lambda _path: DiskSpace(100 * 1024**3, 1024))
+    from service.s3io import ObjectStore
+
+    original = ObjectStore.download
+    monkeypatch.setattr(ObjectStore, "download", lambda *a: downloads.append(a) or original(*a))
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        stack.wait_settled(1, timeout=40)
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL2005", "ERRL8003"]
+    assert downloads == []
+
+
+def test_edc_names_too_long_for_an_s3_key_fail_permanently(stack: TestStack) -> None:
+    stack.query("UPDATE edc.ddcrf SET name = repeat('Imaging Form ', 90)", url=stack.edc_url)
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1)
+        stack.wait_for(lambda: stack.queue_depth() == 0, what="acknowledged")
+    assert (job["status"], job["error_code"], job["attempts"]) == ("Failed", "ERRL4005", 1)
+    assert stack.quarantine_keys() == []
+    (log_key,) = stack.keys(stack.names.error_log_bucket)  # the error log still gets written
+    assert len(log_key.encode()) <= 1024 and f"job_{job['id']}_" in log_key
+
+
+def test_a_retry_writes_to_the_bucket_reserved_with_the_key(stack: TestStack) -> None:
+    s3 = stack.client("s3")
+    first_bucket = f"{stack.names.destination_bucket}-first"  # does not exist yet
+    with stack.worker(DESTINATION_BUCKET=first_bucket):
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        stack.wait_for(
+            lambda: bool(stack.jobs()) and stack.jobs()[0]["destination_key"] is not None,
+            what="key reserved",
+        )
+        stack.wait_for(lambda: '"job.retry_later"' in stack.log.getvalue(), what="upload failed")
+    s3.create_bucket(Bucket=first_bucket)
+    # The operator "fixes" DESTINATION_BUCKET: the job still goes where its key was reserved.
+    with stack.worker():
+        (job,) = stack.wait_settled(1, timeout=40)
+    assert (job["status"], job["destination_bucket"]) == ("Completed", first_bucket)
+    assert stack.keys(first_bucket) == [job["destination_key"]]
+    assert stack.quarantine_keys() == []
