@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,24 @@ class TestStack:
 
         self.wait_for(settled, timeout, f"{count} settled jobs")
         return self.jobs()
+
+
+def s3_event(bucket: str, key_encoded: str, etag: str, size: int = 1) -> dict[str, Any]:
+    """An S3 ObjectCreated notification as S3 sends it (the key URL-encoded, "+" for a space)."""
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "s3": {
+                    "bucket": {"name": bucket},
+                    "object": {"key": key_encoded, "eTag": etag, "size": size},
+                },
+            }
+        ]
+    }
 
 
 def make_stack(endpoint: str, admin_url: str, *, max_receive_count: int = 40) -> TestStack:

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import zipfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,11 @@ from service.config import Settings
 from service.errors import ConfigError
 from service.local.samples import bundled_file
 from service.workspace import DiskSpace
-from tests.stackfixtures import TestStack
+from tests.stackfixtures import TestStack, s3_event
 
 CT_KEY = "subjecteventcrffile/1/101/CT Scan/v1.dcm"  # EDC row 1001
 OTHER_KEY = "subjecteventcrffile/2/102/CT Scan/v1.zip"  # EDC row 1004
 SNS_LIMIT = 256 * 1024
-
-
-def _event(bucket: str, key: str) -> dict[str, object]:
-    return {
-        "Records": [
-            {
-                "eventVersion": "2.1",
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": "abc", "size": 10}},
-            }
-        ]
-    }
 
 
 # -- 9: the integrity record ---------------------------------------------------------------------
@@ -116,10 +101,12 @@ def test_a_size_that_is_not_a_number_is_ignored_and_the_file_processed(stack: Te
         Bucket=stack.names.source_bucket, NotificationConfiguration={}
     )
     stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
-    body = json.dumps(_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm"))
     etag = stack.client("s3").head_object(Bucket=stack.names.source_bucket, Key=CT_KEY)["ETag"].strip('"')
+    body = json.dumps(
+        s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", etag, 7)
+    )
     with stack.worker():
-        stack.send(body.replace('"size": 10', '"size": 1e400').replace('"abc"', f'"{etag}"'))
+        stack.send(body.replace('"size": 7', '"size": 1e400'))
         (job,) = stack.wait_settled(1)
     assert (job["status"], job["source_size"]) == ("Completed", None)
 
@@ -142,9 +129,9 @@ def test_null_edc_fields_never_become_none_in_names(stack: TestStack, tmp_path: 
 def test_events_for_other_buckets_and_prefixes_are_acknowledged_with_one_line(stack: TestStack) -> None:
     error_log_key = "image_pipelines/error_logs/IMAGING/x_error_log.txt"
     with stack.worker():
-        stack.send(_event(stack.names.error_log_bucket, error_log_key))  # a notification loop
-        stack.send(_event(stack.names.source_bucket, error_log_key))  # right bucket, not an upload
-        stack.send(_event("someone-elses-bucket", "subjecteventcrffile/1/101/CT+Scan/v1.dcm"))
+        stack.send(s3_event(stack.names.error_log_bucket, error_log_key, "abc"))  # a notification loop
+        stack.send(s3_event(stack.names.source_bucket, error_log_key, "abc"))  # right bucket, not an upload
+        stack.send(s3_event("someone-elses-bucket", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
         stack.wait_for(lambda: stack.queue_depth() == 0, what="all acknowledged")
     assert stack.jobs() == [] and stack.errors() == []
     assert stack.keys(stack.names.error_log_bucket) == [] and stack.notifications() == []
@@ -157,9 +144,8 @@ def test_a_file_that_cannot_fit_work_dir_fails_before_the_download(
     # A 20 GB upload on a task whose ephemeral storage is 21 GB: two copies never fit.
     monkeypatch.setattr("service.pipeline.disk_space", lambda _path: DiskSpace(21 * 1024**3, 20 * 1024**3))
     stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
-    event = _event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm")
-    obj = event["Records"][0]["s3"]["object"]  # type: ignore[index]
-    obj["size"], obj["eTag"] = 20 * 1024**3, "whatever"
+    key = "subjecteventcrffile/1/101/CT+Scan/v1.dcm"
+    event = s3_event(stack.names.source_bucket, key, "whatever", size=20 * 1024**3)
     with stack.worker():
         stack.send(event)
         job = next(j for j in stack.wait_settled(1) if j["status"] == "Failed")

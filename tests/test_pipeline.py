@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from service.local.samples import bundled_file, series_dir, write_mixed_zip, write_not_dicom, write_series_zip
-from tests.stackfixtures import TestStack
+from tests.stackfixtures import TestStack, s3_event
 
 CT_KEY = "subjecteventcrffile/1/101/CT Scan/v1.dcm"  # EDC row 1001
 MRI_ZIP_KEY = "subjecteventcrffile/2/102/MRI Series/v1.zip"  # EDC row 1002
@@ -174,20 +174,6 @@ def test_duplicate_delivery_makes_one_job_and_one_object(stack: TestStack) -> No
     )
 
 
-def _s3_event(bucket: str, key_encoded: str, etag: str) -> dict[str, object]:
-    return {
-        "Records": [
-            {
-                "eventVersion": "2.1",
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                "s3": {"bucket": {"name": bucket}, "object": {"key": key_encoded, "eTag": etag, "size": 1}},
-            }
-        ]
-    }
-
-
 def test_sns_wrapped_and_eventbridge_events_are_processed(stack: TestStack, tmp_path: Path) -> None:
     stack.client("s3").put_bucket_notification_configuration(
         Bucket=stack.names.source_bucket, NotificationConfiguration={}
@@ -198,7 +184,7 @@ def test_sns_wrapped_and_eventbridge_events_are_processed(stack: TestStack, tmp_
     etag_ct = s3.head_object(Bucket=stack.names.source_bucket, Key=CT_KEY)["ETag"].strip('"')
     etag_zip = s3.head_object(Bucket=stack.names.source_bucket, Key=MRI_ZIP_KEY)["ETag"].strip('"')
     inner = json.dumps(
-        _s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", etag_ct)
+        s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", etag_ct)
     )
     stack.send({"Type": "Notification", "MessageId": "sns-1", "TopicArn": "arn:aws:sns:x", "Message": inner})
     stack.send(
@@ -287,7 +273,7 @@ def test_several_edc_rows_is_errl1005(stack: TestStack) -> None:
 
 
 def test_source_bucket_gone_is_errl2002(stack: TestStack) -> None:
-    stack.send(_s3_event("no-such-bucket-anywhere", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
+    stack.send(s3_event("no-such-bucket-anywhere", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc"))
     with stack.worker(SOURCE_BUCKET=""):  # no SOURCE_BUCKET: events for any bucket are taken
         (job,) = stack.wait_settled(1)
     assert (job["status"], job["error_code"]) == ("Failed", "ERRL2002")
@@ -297,7 +283,7 @@ def test_object_gone_before_processing_is_errl2002(stack: TestStack) -> None:
     stack.client("s3").put_bucket_notification_configuration(
         Bucket=stack.names.source_bucket, NotificationConfiguration={}
     )
-    stack.send(_s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "0123abcd"))
+    stack.send(s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "0123abcd"))
     with stack.worker():
         (job,) = stack.wait_settled(1)
     assert (job["status"], job["error_code"]) == ("Failed", "ERRL2002")
