@@ -449,23 +449,42 @@ def test_messages_never_quote_header_values(tmp_path: Path) -> None:
     assert caught.value.__cause__ is None
 
 
-# --- verification and carry-over -------------------------------------------------------------
+# --- verification: an unstamped single file is refused ----------------------------------------
 
 
-def test_failed_verification_carries_the_file_over_unchanged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _cut_short_splice(src: Path, dst: Path, plan: object, element: bytes) -> None:
+    dst.write_bytes(src.read_bytes()[:-100])  # a writer bug: output cut short
+
+
+def _unreadable_on_insert(path: Path) -> None:
+    from service.processors.reading import fail
+
+    raise fail("ERRS1002", "instance cannot be read by pydicom")
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "broken", "code"),
+    [
+        ("MR_small.dcm", "service.processors.instance.splice_bytes", _cut_short_splice, "ERRS1008"),
+        (
+            "MR_small_bigendian.dcm",
+            "service.processors.rewrite._read_full",
+            _unreadable_on_insert,
+            "ERRS1009",
+        ),
+    ],
+    ids=["splice-not-verified", "fallback-unreadable-on-insert"],
+)
+def test_single_file_that_cannot_be_stamped_raises_and_leaves_no_output(
+    name: str, target: str, broken: object, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_splice(src: Path, dst: Path, plan: object, element: bytes) -> None:
-        dst.write_bytes(src.read_bytes()[:-100])  # a writer bug: output cut short
-
-    monkeypatch.setattr("service.processors.instance.splice_bytes", broken_splice)
-    src = data("MR_small.dcm")
-    dst, allocate, result = stamp(src, tmp_path, name="scan.dcm")
-    assert len(allocate.calls) == 1
-    assert result.instances_stamped == 0
-    [issue] = result.issues
-    assert (issue.member, issue.code) == ("scan.dcm", "ERRS1008")
-    assert dst.read_bytes() == src.read_bytes()
+    monkeypatch.setattr(target, broken)
+    dst, allocate = tmp_path / "out.dcm", Allocator()
+    with pytest.raises(PermanentError) as caught:
+        process_upload(data(name), dst, allocate, name="scan.dcm")
+    assert (caught.value.code, caught.value.stage) == (code, Stage.PROCESS)
+    assert len(allocate.calls) == 1  # allocated, then refused: the job fails, nothing is quarantined
+    assert not dst.exists()
 
 
 def test_allocator_answer_is_validated_before_writing(tmp_path: Path) -> None:
@@ -612,10 +631,9 @@ def test_damaged_headers_only_raise_permanent_errors(
     try:
         result = process_upload(src, dst, Allocator())
     except PermanentError as exc:
-        assert exc.code in {"ERRS1012", "ERRS1002", "ERRS1014"}
+        assert exc.code in {"ERRS1012", "ERRS1002", "ERRS1014", "ERRS1008", "ERRS1009"}
         assert not dst.exists()
         return
-    if result.instances_stamped:
-        assert tracking_value(dst) == ATRIUID
-    else:
-        assert dst.read_bytes() == src.read_bytes()
+    assert (result.instances_stamped, result.issues) == (1, ())
+    assert [s.number_of_instances for s in result.series] == [1]
+    assert tracking_value(dst) == ATRIUID
