@@ -257,6 +257,72 @@ def test_tag_that_cannot_hold_a_uid_is_a_value_error(tag: BaseTag, tmp_path: Pat
         stamp(data("MR_small.dcm"), tmp_path, tracking_tag=tag)
 
 
+# --- trailing zero padding --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding", [1, 2, 7, 512, 4096])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "generated",  # explicit VR, native pixel data is the last element
+        "MR_small_implicit.dcm",  # implicit VR, native pixel data is the last element
+        "JPEG2000.dcm",  # encapsulated pixel data is the last element
+        "MR_small.dcm",  # a (FFFC,FFFC) padding element is the last element
+    ],
+)
+def test_trailing_zero_padding_is_spliced_and_kept(name: str, padding: int, tmp_path: Path) -> None:
+    unpadded = tmp_path / "unpadded.dcm"
+    if name == "generated":
+        make_large_file(unpadded, 1024 * 1024)
+    else:
+        shutil.copyfile(data(name), unpadded)
+    original = unpadded.read_bytes()
+    src = tmp_path / "padded.dcm"
+    src.write_bytes(original + bytes(padding))
+    dst, _, result = stamp(src, tmp_path)
+    assert (result.instances_stamped, result.fallbacks, result.issues) == (1, 0, ())
+    assert tracking_value(dst) == ATRIUID
+    implicit = read(src).original_encoding[0] is True
+    assert_spliced(src, dst, element_bytes(ATRIUID, implicit=implicit))
+    assert dst.read_bytes().endswith(original[-64:] + bytes(padding))
+
+
+@pytest.mark.parametrize("padding", [1, 7, 512])
+def test_tag_after_every_element_goes_before_the_padding(padding: int, tmp_path: Path) -> None:
+    src = tmp_path / "padded.dcm"
+    src.write_bytes(data("JPEG2000.dcm").read_bytes() + bytes(padding))
+    tag = Tag(0x7FE1, 0x0010)  # a private creator slot after Pixel Data, the last element
+    dst, _, result = stamp(src, tmp_path, tracking_tag=tag)
+    assert (result.instances_stamped, result.fallbacks) == (1, 0)
+    assert dst.read_bytes() == data("JPEG2000.dcm").read_bytes() + element_bytes(
+        ATRIUID, implicit=False, tag=tag
+    ) + bytes(padding)
+    assert str(read(dst)[tag].value) == ATRIUID
+
+
+@pytest.mark.parametrize("tail", [b"\x01", b"\0\0\0\x01", b"garbage!" * 3])
+def test_non_zero_bytes_after_the_last_element_are_not_padding(tail: bytes, tmp_path: Path) -> None:
+    src = tmp_path / "tail.dcm"
+    src.write_bytes(data("MR_small.dcm").read_bytes() + tail)
+    with pytest.raises(PermanentError) as caught:
+        stamp(src, tmp_path)
+    assert caught.value.code == "ERRS1002"
+    assert not (tmp_path / "out.dcm").exists()
+
+
+def test_padding_does_not_hide_short_native_pixel_data(tmp_path: Path) -> None:
+    # Rows doubled: the header implies twice the pixel bytes present; the zeros after the Pixel
+    # Data element are padding, not pixels.
+    source = read(data("MR_small.dcm"))
+    source.Rows = source.Rows * 2
+    src = save(source, tmp_path / "short_pixels.dcm")
+    with open(src, "ab") as fp:
+        fp.write(bytes(len(source.PixelData) + 1))
+    with pytest.raises(PermanentError) as caught:
+        stamp(src, tmp_path)
+    assert caught.value.code == "ERRS1002"
+
+
 # --- full-rewrite fallback -------------------------------------------------------------------
 
 
@@ -383,23 +449,42 @@ def test_messages_never_quote_header_values(tmp_path: Path) -> None:
     assert caught.value.__cause__ is None
 
 
-# --- verification and carry-over -------------------------------------------------------------
+# --- verification: an unstamped single file is refused ----------------------------------------
 
 
-def test_failed_verification_carries_the_file_over_unchanged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _cut_short_splice(src: Path, dst: Path, plan: object, element: bytes) -> None:
+    dst.write_bytes(src.read_bytes()[:-100])  # a writer bug: output cut short
+
+
+def _unreadable_on_insert(path: Path) -> None:
+    from service.processors.reading import fail
+
+    raise fail("ERRS1002", "instance cannot be read by pydicom")
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "broken", "code"),
+    [
+        ("MR_small.dcm", "service.processors.instance.splice_bytes", _cut_short_splice, "ERRS1008"),
+        (
+            "MR_small_bigendian.dcm",
+            "service.processors.rewrite._read_full",
+            _unreadable_on_insert,
+            "ERRS1009",
+        ),
+    ],
+    ids=["splice-not-verified", "fallback-unreadable-on-insert"],
+)
+def test_single_file_that_cannot_be_stamped_raises_and_leaves_no_output(
+    name: str, target: str, broken: object, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_splice(src: Path, dst: Path, plan: object, element: bytes) -> None:
-        dst.write_bytes(src.read_bytes()[:-100])  # a writer bug: output cut short
-
-    monkeypatch.setattr("service.processors.instance.splice_bytes", broken_splice)
-    src = data("MR_small.dcm")
-    dst, allocate, result = stamp(src, tmp_path, name="scan.dcm")
-    assert len(allocate.calls) == 1
-    assert result.instances_stamped == 0
-    [issue] = result.issues
-    assert (issue.member, issue.code) == ("scan.dcm", "ERRS1008")
-    assert dst.read_bytes() == src.read_bytes()
+    monkeypatch.setattr(target, broken)
+    dst, allocate = tmp_path / "out.dcm", Allocator()
+    with pytest.raises(PermanentError) as caught:
+        process_upload(data(name), dst, allocate, name="scan.dcm")
+    assert (caught.value.code, caught.value.stage) == (code, Stage.PROCESS)
+    assert len(allocate.calls) == 1  # allocated, then refused: the job fails, nothing is quarantined
+    assert not dst.exists()
 
 
 def test_allocator_answer_is_validated_before_writing(tmp_path: Path) -> None:
@@ -546,10 +631,9 @@ def test_damaged_headers_only_raise_permanent_errors(
     try:
         result = process_upload(src, dst, Allocator())
     except PermanentError as exc:
-        assert exc.code in {"ERRS1012", "ERRS1002", "ERRS1014"}
+        assert exc.code in {"ERRS1012", "ERRS1002", "ERRS1014", "ERRS1008", "ERRS1009"}
         assert not dst.exists()
         return
-    if result.instances_stamped:
-        assert tracking_value(dst) == ATRIUID
-    else:
-        assert dst.read_bytes() == src.read_bytes()
+    assert (result.instances_stamped, result.issues) == (1, ())
+    assert [s.number_of_instances for s in result.series] == [1]
+    assert tracking_value(dst) == ATRIUID

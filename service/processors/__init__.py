@@ -19,24 +19,25 @@ explicit VR (retired), a file without preamble or file meta (the output must gai
 element bytes the walker finds irregular (for example an explicit-VR syntax over implicit-VR
 bytes). It holds the whole file in memory; ``ProcessResult.fallbacks`` counts these instances.
 
-Errors: a bad upload raises ``service.errors.PermanentError`` (ERRL2xxx for a single file, ERRL3xxx
-for an archive); a bad member of an archive is carried over unchanged and reported as a
-``MemberIssue``. Messages hold codes, counts and member names, never header values.
+Errors: a bad upload raises ``service.errors.PermanentError`` with an ERRS1xxx code. A single file
+that cannot be stamped raises too (ERRS1008/ERRS1009 after the allocation) and nothing is written:
+an unstamped file never goes to quarantine. A bad member of an archive is carried over unchanged
+and reported as a ``MemberIssue``. Messages hold codes, counts and member names, never header
+values.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
 import pydicom.config
 from pydicom.tag import BaseTag
 
-from service.errors import PermanentError
 from service.processors.archive import ZIP_MAGICS, checked_uids, process_zip
 from service.processors.base import (
+    DEFAULT_MAX_IN_MEMORY_BYTES,
     DEFAULT_TRACKING_TAG,
     MemberIssue,
     ProcessResult,
@@ -49,6 +50,7 @@ from service.processors.instance import scan_instance, stamp_instance
 from service.processors.splice import check_tracking_tag
 
 __all__ = [
+    "DEFAULT_MAX_IN_MEMORY_BYTES",
     "DEFAULT_TRACKING_TAG",
     "MemberIssue",
     "ProcessResult",
@@ -81,18 +83,14 @@ def is_zip(path: Path) -> bool:
 
 
 def _process_file(
-    src: Path, dst: Path, allocate: UidAllocator, tag: BaseTag, vr: str, name: str
+    src: Path, dst: Path, allocate: UidAllocator, tag: BaseTag, vr: str, max_in_memory_bytes: int
 ) -> ProcessResult:
-    instance = scan_instance(src, tag)
+    instance = scan_instance(src, tag, max_in_memory_bytes=max_in_memory_bytes)
     series = (SeriesSummary(instance.key, instance.series_number, 1),)
     uid = checked_uids(allocate(series), series, vr)[instance.key]
-    try:
-        fallback = stamp_instance(src, dst, instance, tag, vr, uid)
-    except PermanentError as exc:
-        # Allocated already: the upload completes, carried over unchanged, with the issue.
-        shutil.copyfile(src, dst)
-        issue = MemberIssue(name or src.name, exc.code, f"{exc.message}; carried over unchanged")
-        return ProcessResult(series, (issue,), 0, 1, 0)
+    # A file that cannot be stamped raises (ERRS1008/ERRS1009): an unstamped single file must not
+    # reach quarantine, so there is nothing to carry over; the caller removes ``dst``.
+    fallback = stamp_instance(src, dst, instance, tag, vr, uid, max_in_memory_bytes=max_in_memory_bytes)
     return ProcessResult(series, (), 1, 1, int(fallback))
 
 
@@ -105,21 +103,27 @@ def process_upload(
     limits: ZipLimits = ZipLimits(),  # noqa: B008 - frozen dataclass, safe as a default
     work_dir: Path | None = None,
     name: str = "",
+    max_in_memory_bytes: int = DEFAULT_MAX_IN_MEMORY_BYTES,
 ) -> ProcessResult:
     """Write a copy of the upload ``src`` to ``dst`` with the tracking UID in every instance.
 
     ``src`` is one DICOM file or a zip of them, told apart by content (zip magic), not by name;
     ``dst`` receives a DICOM file or a zip accordingly and must differ from ``src``. ``allocate``
     is called exactly once, after the scan and before anything is written, with every series found
-    (ordered by first appearance); it must return an ATRIUID for each. ``name`` labels the single
-    file in a ``MemberIssue``. Temporary files go under ``work_dir`` (default: the system temporary
-    directory) and are removed whatever happens.
+    (ordered by first appearance); it must return an ATRIUID for each. Temporary files go under
+    ``work_dir`` (default: the system temporary directory) and are removed whatever happens.
+    ``name`` (the upload's file name) is accepted for callers but no longer used: a single file
+    is stamped or the call raises, so it never labels a ``MemberIssue``. A file (or inflated
+    deflated dataset) that would need the in-memory full rewrite and is larger than
+    ``max_in_memory_bytes`` is refused with ERRS1020 before it is read (inside a zip it becomes
+    the member's issue); the streaming splice has no such cap.
 
-    Raises ``PermanentError`` (stage PROCESS) for an upload that cannot be processed; on any
-    exception ``dst`` is removed. Besides that, only ``OSError`` (disk faults), whatever
-    ``allocate`` itself raises, and ``ValueError`` (an invalid ``tracking_tag``, ``dst`` equal to
-    ``src``, or an allocator answer missing a series or holding a UID the tag's VR cannot carry)
-    escape.
+    Raises ``PermanentError`` (stage PROCESS) for an upload that cannot be processed, including a
+    single file that cannot be stamped after the allocation (ERRS1008/ERRS1009/ERRS1020): an
+    unstamped file never reaches quarantine. On any exception ``dst`` is removed. Besides that,
+    only ``OSError`` (disk faults), whatever ``allocate`` itself raises, and ``ValueError`` (an
+    invalid ``tracking_tag``, ``dst`` equal to ``src``, or an allocator answer missing a series or
+    holding a UID the tag's VR cannot carry) escape.
     """
     vr = check_tracking_tag(tracking_tag)
     if dst.exists() and dst.resolve() == src.resolve():
@@ -128,9 +132,16 @@ def process_upload(
         if is_zip(src):
             with tempfile.TemporaryDirectory(prefix="edc-process-", dir=work_dir) as work:
                 return process_zip(
-                    src, dst, allocate, tag=tracking_tag, vr=vr, limits=limits, work=Path(work)
+                    src,
+                    dst,
+                    allocate,
+                    tag=tracking_tag,
+                    vr=vr,
+                    limits=limits,
+                    work=Path(work),
+                    max_in_memory_bytes=max_in_memory_bytes,
                 )
-        return _process_file(src, dst, allocate, tracking_tag, vr, name)
+        return _process_file(src, dst, allocate, tracking_tag, vr, max_in_memory_bytes)
     except BaseException:
         dst.unlink(missing_ok=True)
         raise

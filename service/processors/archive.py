@@ -205,6 +205,7 @@ def _scan_member(
     work: Path,
     tag: BaseTag,
     budget: _Budget,
+    max_in_memory_bytes: int,
 ) -> _Entry:
     if info.is_dir():
         return _Entry()
@@ -219,7 +220,7 @@ def _scan_member(
             if entry is not None:
                 return entry
         _extract(zin, info, path, budget)
-        return _Entry(instance=scan_instance(path, tag))
+        return _Entry(instance=scan_instance(path, tag, max_in_memory_bytes=max_in_memory_bytes))
     except PermanentError as exc:
         if exc.code not in INSTANCE_CODES:
             raise
@@ -284,9 +285,16 @@ class _Writer:
     """The write pass: one output member per input member, in order."""
 
     def __init__(
-        self, zin: zipfile.ZipFile, zout: zipfile.ZipFile, archive: BinaryIO, work: Path, limit: int
+        self,
+        zin: zipfile.ZipFile,
+        zout: zipfile.ZipFile,
+        archive: BinaryIO,
+        work: Path,
+        limit: int,
+        max_in_memory_bytes: int,
     ) -> None:
         self.zin, self.zout, self.archive, self.work = zin, zout, archive, work
+        self.max_in_memory_bytes = max_in_memory_bytes
         self.budget = _Budget(limit)
         self.stamped = 0
         self.fallbacks = 0
@@ -355,7 +363,16 @@ class _Writer:
             _extract(self.zin, info, src, self.budget)
             try:
                 deep = self._deep(instance.key)
-                fallback = stamp_instance(src, dst, instance, tag, vr, uid, deep_verify=deep)
+                fallback = stamp_instance(
+                    src,
+                    dst,
+                    instance,
+                    tag,
+                    vr,
+                    uid,
+                    max_in_memory_bytes=self.max_in_memory_bytes,
+                    deep_verify=deep,
+                )
             except PermanentError as exc:
                 self._store(info, src)
                 return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over unchanged")
@@ -377,10 +394,12 @@ def process_zip(
     vr: str,
     limits: ZipLimits,
     work: Path,
+    max_in_memory_bytes: int,
 ) -> ProcessResult:
     """Stamp every DICOM member of the zip ``src`` into a new zip at ``dst``.
 
-    ``work`` is an existing private temporary directory. Raises ERRS1015-ERRS1018 for the archive
+    ``work`` is an existing private temporary directory; ``max_in_memory_bytes`` caps what a
+    member's full rewrite may hold (ERRS1020, the member's issue). Raises ERRS1015-ERRS1018 for the archive
     as a whole (and ERRS1002/ERRS1014 when its only DICOM members are broken); problems with single
     members become ``MemberIssue`` entries and the member is carried over unchanged. ``allocate``
     is called once, with every series, before anything is written; ``ValueError`` escapes when its
@@ -395,7 +414,10 @@ def process_zip(
         scan_budget = _Budget(limits.max_total_uncompressed)
         archive = stack.enter_context(open(src, "rb"))
         try:
-            entries = [_scan_member(zin, archive, info, work, tag, scan_budget) for info in infos]
+            entries = [
+                _scan_member(zin, archive, info, work, tag, scan_budget, max_in_memory_bytes)
+                for info in infos
+            ]
         except zipfile.BadZipFile:
             raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
         series = _summaries(entries)
@@ -405,7 +427,7 @@ def process_zip(
         with zipfile.ZipFile(dst, "w", allowZip64=True) as zout, warnings.catch_warnings():
             # Duplicate member names are carried over as they came; zipfile warns about them.
             warnings.filterwarnings("ignore", message="Duplicate name", category=UserWarning)
-            writer = _Writer(zin, zout, archive, work, limits.max_total_uncompressed)
+            writer = _Writer(zin, zout, archive, work, limits.max_total_uncompressed, max_in_memory_bytes)
             try:
                 issues = _write_members(writer, infos, entries, uids, tag, vr)
             except zipfile.BadZipFile:

@@ -10,6 +10,9 @@ from pydicom.tag import BaseTag, Tag
 
 # ClinicalTrialSeriesID: the contract's default home for the ATRIUID.
 DEFAULT_TRACKING_TAG: BaseTag = Tag(0x0012, 0x0071)
+# The largest file (or inflated deflated dataset) the full pydicom rewrite may hold in memory;
+# its peak is a few times this, well inside a 2 GB task (MAX_IN_MEMORY_BYTES overrides it).
+DEFAULT_MAX_IN_MEMORY_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,9 +2,13 @@
 
 ``scan_instance`` is the first pass: it reads only headers, classifies the file (not DICOM,
 truncated, no UIDs), finds its series and decides between the header splice and the full-rewrite
-fallback. ``stamp_instance`` is the second pass. Both raise ``PermanentError`` with an ERRL2xxx
+fallback. ``stamp_instance`` is the second pass. Both raise ``PermanentError`` with an ERRS1xxx
 code for a bad file and let only ``OSError`` (disk faults) and ``ValueError`` (an invalid tracking
 value from the allocator) escape otherwise.
+
+Both take ``max_in_memory_bytes``, required: every path that holds a whole file or inflated
+dataset in memory goes through ``WHOLE_DATASET_GATE`` with it, and a file that would need more
+fails with ERRS1020 in the scan, before the allocator is called.
 """
 
 from __future__ import annotations
@@ -35,14 +39,15 @@ from service.processors.reading import (
     BIG_ENDIAN,
     DEFLATED,
     IMPLICIT_LITTLE,
+    WHOLE_DATASET_GATE,
     fail,
-    inflate_dataset,
+    inflated_dataset,
     read_dataset_at,
     read_header,
     read_header_bytes,
     transfer_syntax,
 )
-from service.processors.rewrite import WHOLE_DATASET_GATE, read_full, rewrite_file
+from service.processors.rewrite import check_readable, rewrite_file
 from service.processors.splice import SplicePlan, check_placed, encode_element, encode_value, plan_splice
 from service.processors.splice import splice_file as splice_bytes
 
@@ -127,21 +132,25 @@ def _check_pixels(path: Path, layout: Layout) -> None:
     check_native_pixel_length(layout, values)
 
 
-def _check_inflated(path: Path, data: bytes) -> None:
+def _check_inflated(path: Path, data: bytes, limit: int) -> None:
     try:
         walk_dataset(BytesIO(data), len(data), 0, implicit_vr=False, little_endian=True)
     except TruncatedError:
         raise fail("ERRS1002", "an element runs past the end of the dataset (truncated)") from None
     except IrregularError:
-        read_full(path)  # irregular bytes: let pydicom's reader judge them now, not later
+        # Irregular bytes: let pydicom's reader judge them now, not later (the gate nests).
+        check_readable(path, max_in_memory_bytes=limit)
 
 
-def scan_instance(path: Path, tag: BaseTag) -> Instance:
+def scan_instance(path: Path, tag: BaseTag, *, max_in_memory_bytes: int) -> Instance:
     """First pass over one file: identify it, check its structure, plan how to stamp it.
 
-    Reads headers only (a deflated dataset is inflated in memory, bounded). Raises ERRS1012 for a
-    file that is not DICOM, ERRS1002 for a corrupt or truncated one, ERRS1014 when the Study or
-    Series Instance UID is missing; ``OSError`` for disk faults.
+    Reads headers only, except where the file must take the in-memory path: a deflated dataset
+    is inflated, and bytes the walker finds irregular are read whole by pydicom, both through
+    ``WHOLE_DATASET_GATE``. Raises ERRS1012 for a file that is not DICOM, ERRS1002 for a corrupt
+    or truncated one, ERRS1014 when the Study or Series Instance UID is missing, ERRS1020 when
+    the file needs the full rewrite and it (or its inflated dataset) is larger than
+    ``max_in_memory_bytes``; ``OSError`` for disk faults.
     """
     size = path.stat().st_size
     with open(path, "rb") as fp:
@@ -155,11 +164,10 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
     ts = transfer_syntax(path) if has_prefix else None
     deflated = ts == DEFLATED
     if deflated:
-        with WHOLE_DATASET_GATE:  # the inflated dataset is in memory: one at a time per process
-            inflated = inflate_dataset(path)
+        with inflated_dataset(path, max_in_memory_bytes=max_in_memory_bytes) as inflated:
             header = read_header_bytes(inflated, SERIES_NUMBER, _SCAN_TAGS)
             if header is not None:
-                _check_inflated(path, inflated)
+                _check_inflated(path, inflated, max_in_memory_bytes)
             del inflated
     else:
         header = read_header(path, SERIES_NUMBER, _SCAN_TAGS)
@@ -175,9 +183,12 @@ def scan_instance(path: Path, tag: BaseTag) -> Instance:
         spliceable = has_prefix and ts is not None and little
         layout = _layout(path, implicit, little, may_flip=spliceable)
         if layout is None:
-            read_full(path)  # irregular bytes: let pydicom's reader judge them now, not later
+            # Irregular bytes: let pydicom's reader judge them now, not later.
+            check_readable(path, max_in_memory_bytes=max_in_memory_bytes)
         elif spliceable:
             plan = plan_splice(layout, tag)
+        if plan is None:  # the full rewrite will hold it: refuse now, before the allocator is called
+            WHOLE_DATASET_GATE.check(size, max_in_memory_bytes)
     study, series = _uid(header, STUDY_UID), _uid(header, SERIES_UID)
     if study is None or series is None:
         raise fail("ERRS1014", "instance lacks a Study or Series Instance UID")
@@ -203,13 +214,14 @@ def verify_output(path: Path, tag: BaseTag, value: str, encoding: tuple[bool, bo
     Re-reads the header up to the tag with pydicom and walks the element headers of the whole
     file (so a pixel data length larger than the bytes present is caught). ``encoding`` is the
     (implicit VR, little endian) pair of the dataset bytes; by default the transfer syntax's.
-    Raises ERRS1008.
+    A deflated file is left alone: pydicom would inflate all of it outside the gate, and
+    ``rewrite_file``, its only writer, re-reads it whole inside its admission. Raises ERRS1008.
     """
-    if _text(read_header(path, int(tag), (int(tag),)), tag) != value:
-        raise fail("ERRS1008", "written instance does not carry the tracking UID")
     ts = transfer_syntax(path)
     if ts == DEFLATED:
-        return  # written by pydicom from a complete dataset; its bytes are compressed
+        return
+    if _text(read_header(path, int(tag), (int(tag),)), tag) != value:
+        raise fail("ERRS1008", "written instance does not carry the tracking UID")
     implicit, little = encoding or (ts == IMPLICIT_LITTLE, ts != BIG_ENDIAN)
     _check_structure(path, tag, implicit, little)
 
@@ -257,7 +269,15 @@ def check_head_with_pydicom(head: bytes, plan: SplicePlan, tag: BaseTag, value: 
 
 
 def stamp_instance(
-    src: Path, dst: Path, instance: Instance, tag: BaseTag, vr: str, value: str, *, deep_verify: bool = True
+    src: Path,
+    dst: Path,
+    instance: Instance,
+    tag: BaseTag,
+    vr: str,
+    value: str,
+    *,
+    max_in_memory_bytes: int,
+    deep_verify: bool = True,
 ) -> bool:
     """Second pass: write ``src`` to ``dst`` carrying ``value`` in ``tag``, then verify ``dst``.
 
@@ -265,8 +285,10 @@ def stamp_instance(
     always checked structurally; ``deep_verify`` adds a pydicom re-read (the zip processor asks
     for it on the first instance of each series, a single file always gets it). A full rewrite is
     always deep-verified, and its pixel bytes compared with the input's. Returns True when the
-    fallback was used. Raises ERRS1002/ERRS1008 (``dst`` may then hold partial output, the caller
-    discards it), ``ValueError`` for an invalid ``value``, ``OSError`` for disk faults.
+    fallback was used. Raises ERRS1008 (not stamped or not verified), ERRS1009 (the fallback
+    cannot read the input) or ERRS1020 (the fallback would hold more than ``max_in_memory_bytes``)
+    (``dst`` may then hold partial output, the caller discards it), ``ValueError`` for an invalid
+    ``value``, ``OSError`` for disk faults.
     """
     raw = encode_value(value, vr)
     if instance.plan is not None:
@@ -279,6 +301,6 @@ def stamp_instance(
             else:
                 _pydicom_reads(dst, plan, tag, value)
         return False
-    rewrite_file(src, dst, tag, vr, value)
+    rewrite_file(src, dst, tag, vr, value, max_in_memory_bytes=max_in_memory_bytes)
     verify_output(dst, tag, value)
     return True

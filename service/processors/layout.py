@@ -7,6 +7,9 @@ memory per element whatever the size of the pixel data. It serves three purposes
   (and of an existing tracking element or group length) in the *original* bytes;
 * a value that runs past the end of the file is a truncated file (``TruncatedError``), found before
   anything is written and without decoding pixel data;
+* zero bytes after the last top-level element are padding (some writers pad files to a block
+  size): the walk ends where they begin (``Layout.end``) and the splice copies them unchanged.
+  Any other bytes there are walked as elements, so garbage keeps failing as before;
 * anything that does not follow the plain Part 5 layout (unknown VR bytes, an implicit/explicit
   switch at the top level, tags out of order, a delimiter where an element should be) raises
   ``IrregularError``: the caller then leaves the file to pydicom's more forgiving full rewrite instead
@@ -69,6 +72,7 @@ class Layout:
     dataset_start: int  # first byte after the preamble, prefix and file meta group
     size: int
     elements: tuple[Element, ...]  # in file order, strictly ascending tags
+    end: int  # offset just past the last element: ``size`` unless zero padding follows
 
 
 class _Walker:
@@ -79,6 +83,7 @@ class _Walker:
     """
 
     _WINDOW = 8 * 1024
+    _ZERO_CHUNK = 1024 * 1024
 
     def __init__(self, fp: BinaryIO, size: int, little_endian: bool) -> None:
         self._fp = fp
@@ -114,6 +119,29 @@ class _Walker:
         if target > self._size:
             raise TruncatedError
         self._position = target
+
+    def at_zero_tail(self) -> bool:
+        """True when every byte from here to the end of the data is zero (trailing padding).
+
+        Looks at the next header's worth of bytes first, so a real element costs nothing more;
+        only a tail that starts with zeros is read through, in bounded chunks.
+        """
+        position = self._position
+        peek = min(8, self._size - position)
+        if self.read(peek).count(0) != peek:
+            self._position = position
+            return False
+        self._position = position
+        self._fp.seek(position + peek)
+        remaining = self._size - position - peek
+        while remaining > 0:
+            chunk = self._fp.read(min(self._ZERO_CHUNK, remaining))
+            if not chunk:
+                raise TruncatedError  # the file shrank under the walk
+            if chunk.count(0) != len(chunk):
+                return False
+            remaining -= len(chunk)
+        return True
 
     def tag_and_length(self) -> tuple[int, int]:
         """Item and delimiter headers: tag + 4-byte length, no VR in any encoding."""
@@ -209,8 +237,11 @@ def meta_end(fp: BinaryIO, size: int, start: int) -> int:
 def walk_dataset(fp: BinaryIO, size: int, start: int, *, implicit_vr: bool, little_endian: bool) -> Layout:
     """Walk the top-level elements from ``start`` to the end of the data.
 
-    Raises ``TruncatedError`` when a header or value runs past ``size`` (including a partial header at
-    the end) and ``IrregularError`` when the bytes do not follow the expected encoding or tag order.
+    A tail of zero bytes after the last element (of any length, odd or shorter than a header) is
+    padding: the walk stops there and ``Layout.end`` says where it begins. Raises
+    ``TruncatedError`` when a header or value runs past ``size`` (including a partial header of
+    non-zero bytes at the end) and ``IrregularError`` when the bytes do not follow the expected
+    encoding or tag order.
     """
     walker = _Walker(fp, size, little_endian)
     walker.seek(start)
@@ -218,6 +249,8 @@ def walk_dataset(fp: BinaryIO, size: int, start: int, *, implicit_vr: bool, litt
     previous = -1
     position = start
     while position < size:
+        if walker.at_zero_tail():
+            break
         tag, vr, length = walker.element_header(implicit_vr)
         if tag >> 16 == _DELIMITER_GROUP or tag <= previous:
             raise IrregularError
@@ -230,7 +263,7 @@ def walk_dataset(fp: BinaryIO, size: int, start: int, *, implicit_vr: bool, litt
         elements.append(Element(tag, position, value_offset, length, end))
         previous = tag
         position = end
-    return Layout(implicit_vr, little_endian, start, size, tuple(elements))
+    return Layout(implicit_vr, little_endian, start, size, tuple(elements), position)
 
 
 def walk_file(fp: BinaryIO, size: int, *, implicit_vr: bool, little_endian: bool) -> Layout:

@@ -10,6 +10,7 @@ no pydicom text rides along in ``__context__``), and lets only real operating-sy
 from __future__ import annotations
 
 import errno
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -28,8 +29,8 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
-# A deflated dataset is inflated in memory (pydicom cannot stream it): refuse beyond this, so a
-# small deflate bomb cannot take the worker's memory.
+# Inflating a deflated dataset stops here (ERRS1002) whatever the in-memory cap: past this size it
+# is treated as a deflate bomb, not as a large instance, and the counting costs no more CPU.
 MAX_INFLATED_BYTES = 512 * 1024 * 1024
 _INFLATE_CHUNK = 1024 * 1024
 # Values above this size are skipped, not read, while parsing headers: a garbage undefined-length
@@ -141,15 +142,46 @@ def transfer_syntax(path: Path) -> str | None:
     return str(value) if value is not None else None
 
 
-def inflate_dataset(path: Path) -> bytes:
-    """Inflate the dataset of a deflated-syntax file, refusing past ``MAX_INFLATED_BYTES``.
+class WholeDatasetGate:
+    """The one way a whole dataset comes into memory: none over the cap, one at a time.
 
-    Raises ERRS1002 for a broken meta group or deflate stream (a truncated file ends mid-stream)
-    and for a dataset that inflates beyond the bound.
+    The full rewrite, pydicom's whole-file read of irregular bytes and an inflated deflated
+    dataset hold a file in memory (the splice streams, ungated). ``admit`` refuses a dataset of
+    more than ``limit`` bytes with ERRS1020 before anything is read, then holds a process-wide
+    lock for the ``with`` block, so N worker threads never need N x the cap. The lock is
+    re-entrant: a check inside an admitted block (pydicom judging an inflated dataset) nests.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def check(self, size: int, limit: int) -> None:
+        """Raise ERRS1020 when ``size`` bytes may not take the in-memory path; nothing is locked."""
+        if size > limit:
+            raise fail(
+                "ERRS1020", f"instance needs at least {size} bytes in memory; the limit is {limit} bytes"
+            )
+
+    @contextmanager
+    def admit(self, size: int, limit: int) -> Iterator[None]:
+        """``check``, then hold the process-wide lock while the caller has the dataset in memory."""
+        self.check(size, limit)
+        with self._lock:
+            yield
+
+
+WHOLE_DATASET_GATE = WholeDatasetGate()
+
+
+def _inflate(path: Path, bound: int, sink: BytesIO | None) -> int:
+    """Inflate the dataset of a deflated-syntax file into ``sink`` (or nowhere), counting.
+
+    Stops once more than ``bound`` bytes came out and returns the count (``bound + 1`` then).
+    Raises ERRS1002 for a broken meta group or deflate stream (a truncated file ends mid-stream).
     """
     size = path.stat().st_size
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = bytearray()
+    count = 0
     with open(path, "rb") as fp:
         try:
             fp.seek(meta_end(fp, size, 132))
@@ -160,12 +192,51 @@ def inflate_dataset(path: Path) -> bytes:
                 chunk = inflater.unconsumed_tail or fp.read(_INFLATE_CHUNK)
                 if not chunk:
                     raise fail("ERRS1002", "deflated dataset is truncated")
-                out += inflater.decompress(chunk, _INFLATE_CHUNK)
-                if len(out) > MAX_INFLATED_BYTES:
-                    raise fail(
-                        "ERRS1002",
-                        f"deflated dataset expands beyond {MAX_INFLATED_BYTES} bytes; refused",
-                    )
+                out = inflater.decompress(chunk, min(_INFLATE_CHUNK, bound + 1 - count))
+                count += len(out)
+                if sink is not None:
+                    sink.write(out)
+                if count > bound:
+                    return count
         except zlib.error:
             raise fail("ERRS1002", "deflated dataset is corrupt") from None
-    return bytes(out)
+    return count
+
+
+def inflated_size(path: Path, limit: int) -> int:
+    """Size of the inflated dataset of a deflated-syntax file, counted without keeping it.
+
+    Counting stops past ``limit`` (the result is then ``limit + 1``, enough for the gate to
+    refuse). Raises ERRS1002 for a broken stream and for one expanding beyond
+    ``MAX_INFLATED_BYTES`` (a deflate bomb).
+    """
+    count = _inflate(path, min(limit, MAX_INFLATED_BYTES), None)
+    if count > MAX_INFLATED_BYTES:
+        raise fail("ERRS1002", f"deflated dataset expands beyond {MAX_INFLATED_BYTES} bytes; refused")
+    return count
+
+
+def in_memory_size(path: Path, limit: int) -> int:
+    """What a whole-dataset read of ``path`` holds: the inflated dataset of a deflated file, else
+    the file. Bounded work (see ``inflated_size``); raises ERRS1002 for a broken deflate stream."""
+    if transfer_syntax(path) == DEFLATED:
+        return inflated_size(path, limit)
+    return path.stat().st_size
+
+
+@contextmanager
+def inflated_dataset(path: Path, *, max_in_memory_bytes: int) -> Iterator[bytes]:
+    """The inflated dataset of a deflated-syntax file, in memory for the ``with`` block.
+
+    Counted first without keeping it, so a dataset over ``max_in_memory_bytes`` fails with ERRS1020
+    (through ``WHOLE_DATASET_GATE``) before it is held; the gate stays held while the caller has
+    the bytes. Raises ERRS1002 for a broken meta group or stream, or a deflate bomb.
+    """
+    size = inflated_size(path, max_in_memory_bytes)
+    with WHOLE_DATASET_GATE.admit(size, max_in_memory_bytes):
+        sink = BytesIO()
+        if _inflate(path, size, sink) != size:
+            raise OSError(f"{path.name} changed while it was being inflated")
+        data = sink.getvalue()  # shares the buffer: no second copy
+        del sink
+        yield data

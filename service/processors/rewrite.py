@@ -7,13 +7,14 @@ finds irregular (for example a transfer syntax that says explicit VR over implic
 The price is memory: pydicom reads the whole file, pixel data included, and writes it back
 re-encoded, so peak memory is a few times the file size. These layouts are rare (retired or
 non-conformant), and pydicom's forgiving reader is the right tool for them; everything else takes
-the streaming splice.
+the streaming splice. Every whole-file read here passes ``WHOLE_DATASET_GATE``: a file (or an
+inflated dataset) over ``max_in_memory_bytes`` fails with ERRS1020 before it is read, and one
+whole dataset at a time is in memory per process.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from pathlib import Path
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -28,7 +29,9 @@ from service.processors.reading import (
     BIG_ENDIAN,
     EXPLICIT_LITTLE,
     IMPLICIT_LITTLE,
+    WHOLE_DATASET_GATE,
     fail,
+    in_memory_size,
     is_os_fault,
     quiet,
 )
@@ -62,8 +65,9 @@ def _complete_meta(dataset: FileDataset) -> None:
         meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
 
 
-def read_full(path: Path) -> FileDataset:
-    """Read all of ``path`` with pydicom (``force=True``), pixel data included.
+def _read_full(path: Path) -> FileDataset:
+    """Read all of ``path`` with pydicom (``force=True``), pixel data included: only ever called
+    inside a ``WHOLE_DATASET_GATE`` admission.
 
     Raises ERRS1002 when pydicom cannot read it or a value is cut short, ``OSError`` for disk
     faults.
@@ -79,9 +83,18 @@ def read_full(path: Path) -> FileDataset:
     return dataset
 
 
-# A full rewrite (or an inflated deflated dataset) holds the whole dataset in memory: one at a
-# time per process, so N worker threads never need N x file size (the splice streams, ungated).
-WHOLE_DATASET_GATE = threading.BoundedSemaphore(1)
+def check_readable(path: Path, *, max_in_memory_bytes: int) -> None:
+    """pydicom reads all of ``path`` (and lets it go again): its forgiving reader judges bytes the
+    walker found irregular, in the scan rather than in the write pass.
+
+    Raises ERRS1020 (before reading) when the file, or its inflated dataset, is larger than
+    ``max_in_memory_bytes``; ERRS1002 when pydicom cannot read it or a value is cut short;
+    ``OSError`` for disk faults.
+    """
+    with WHOLE_DATASET_GATE.admit(in_memory_size(path, max_in_memory_bytes), max_in_memory_bytes):
+        _read_full(path)
+
+
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
@@ -94,18 +107,32 @@ def _pixel_digest(dataset: Dataset) -> bytes:
     return digest.digest()
 
 
-def rewrite_file(src: Path, dst: Path, tag: BaseTag, vr: str, value: str) -> None:
+def _carries(dataset: Dataset, tag: BaseTag, value: str) -> bool:
+    try:
+        found = dataset[tag].value if tag in dataset else None
+    except Exception:  # noqa: BLE001 - an unreadable value is simply not the expected one
+        return False
+    if isinstance(found, bytes):  # a private tag without its creator reads as UN in implicit VR
+        found = found.decode("latin-1")
+    return isinstance(found, str) and found.strip(" \0") == value
+
+
+def rewrite_file(
+    src: Path, dst: Path, tag: BaseTag, vr: str, value: str, *, max_in_memory_bytes: int
+) -> None:
     """Read all of ``src`` with pydicom, set ``tag`` to ``value`` and write a Part 10 file.
 
     The tracking element is replaced if present (a dataset holds one element per tag). The output
     keeps the input's transfer syntax (deflated stays deflated, big endian stays big endian) and
-    gets valid file meta (``enforce_file_format=True``); its pixel bytes are read back and compared
-    with the input's. Raises ERRS1009 when the input cannot be read or is truncated, ERRS1008 when
-    pydicom cannot write it or the pixel bytes differ, ``OSError`` for disk faults.
+    gets valid file meta (``enforce_file_format=True``); it is read back whole, still inside the
+    gate's admission, and must carry ``value`` and the input's pixel bytes. Raises ERRS1020
+    (before reading) for a file or inflated dataset over ``max_in_memory_bytes``, ERRS1009 when
+    the input cannot be read or is truncated, ERRS1008 when pydicom cannot write it, cannot read
+    it back, or the value or pixel bytes differ; ``OSError`` for disk faults.
     """
-    with WHOLE_DATASET_GATE:
+    with WHOLE_DATASET_GATE.admit(in_memory_size(src, max_in_memory_bytes), max_in_memory_bytes):
         try:
-            dataset = read_full(src)
+            dataset = _read_full(src)
         except PermanentError as exc:  # the scan read it; failing now is a read during the insert
             raise fail("ERRS1009", exc.message) from None
         before = _pixel_digest(dataset)
@@ -119,5 +146,11 @@ def rewrite_file(src: Path, dst: Path, tag: BaseTag, vr: str, value: str) -> Non
                 raise
             raise fail("ERRS1008", "pydicom could not write the instance back") from None
         del dataset
-        if _pixel_digest(read_full(dst)) != before:
+        try:
+            written = _read_full(dst)
+        except PermanentError:
+            raise fail("ERRS1008", "pydicom cannot read the rewritten instance back") from None
+        if not _carries(written, tag, value):
+            raise fail("ERRS1008", "rewritten instance does not carry the tracking UID")
+        if _pixel_digest(written) != before:
             raise fail("ERRS1008", "rewritten instance's pixel bytes differ from the input's")

@@ -108,6 +108,7 @@ class SplicePlan:
     implicit_vr: bool
     little_endian: bool
     dataset_start: int  # first byte after the file meta group
+    dataset_end: int  # first byte of trailing zero padding (``size`` when there is none)
 
 
 def _find(layout: Layout, tag: int) -> Element | None:
@@ -118,14 +119,15 @@ def plan_splice(layout: Layout, tag: BaseTag) -> SplicePlan:
     """Decide the byte range of the original file that the new element replaces.
 
     An existing tracking element is replaced in place; otherwise the element goes before the
-    first top-level element with a larger tag, or at the end of the dataset.
+    first top-level element with a larger tag, or at the end of the dataset (before any trailing
+    zero padding, which stays at the end of the file).
     """
     existing = _find(layout, int(tag))
     if existing is not None:
         cut_start, cut_end = existing.start, existing.end
     else:
         after = next((element for element in layout.elements if element.tag > tag), None)
-        cut_start = cut_end = after.start if after is not None else layout.size
+        cut_start = cut_end = after.start if after is not None else layout.end
     group_length = _find(layout, tag.group << 16)
     offset = group_length.value_offset if group_length is not None and group_length.length == 4 else None
     return SplicePlan(
@@ -136,6 +138,7 @@ def plan_splice(layout: Layout, tag: BaseTag) -> SplicePlan:
         layout.implicit_vr,
         layout.little_endian,
         layout.dataset_start,
+        layout.end,
     )
 
 
@@ -197,10 +200,14 @@ def _stream_head(source: BinaryIO, target: BinaryIO, plan: SplicePlan, element: 
 
 def check_placed(found: bytes, following: bytes, plan: SplicePlan, element: bytes) -> None:
     """The written bytes at the splice point are ``element``, and the next element (if any) has
-    a larger tag than the tracking tag. Raises ERRS1008."""
+    a larger tag than the tracking tag; after the dataset's last element only the input's zero
+    padding may follow. Raises ERRS1008."""
     if found != element:
         raise fail("ERRS1008", "written instance does not carry the tracking UID where planned")
-    if len(following) >= 4:
+    if plan.cut_end >= plan.dataset_end:
+        if following.count(0) != len(following):
+            raise fail("ERRS1008", "written instance has bytes other than padding after the tracking UID")
+    elif len(following) >= 4:
         endian = "<" if plan.little_endian else ">"
         group, number = struct.unpack(f"{endian}HH", following[:4])
         own_group, own_number = struct.unpack(f"{endian}HH", element[:4])
