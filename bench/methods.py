@@ -158,7 +158,7 @@ def engine_files(paths: Sequence[Path], out: Path, work: Path) -> None:
 
     uids = SeriesUids()
     for path in paths:
-        process_upload(path, out / path.name, uids.allocate, work_dir=work, name=path.name)
+        process_upload(path, out / path.name, uids.allocate, work_dir=work)
 
 
 def engine_zip(src: Path, dst: Path, work: Path) -> None:

@@ -209,7 +209,11 @@ def _run_stamp(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     try:
         result = process_upload(
-            args.input, args.output, allocate, tracking_tag=settings.dicom_tracking_tag, name=args.input.name
+            args.input,
+            args.output,
+            allocate,
+            tracking_tag=settings.dicom_tracking_tag,
+            max_in_memory_bytes=settings.max_in_memory_bytes,
         )
     except PermanentError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)

@@ -275,7 +275,7 @@ class ObjectHandler:
             tracking_tag=self._options.tracking_tag,
             limits=self._options.zip_limits,
             work_dir=tmp,
-            name=source.key.rsplit("/", 1)[-1],
+            max_in_memory_bytes=self._options.max_in_memory_bytes,
         )
         log.info(
             "job.processed",

@@ -108,7 +108,7 @@ def save(dataset: FileDataset | Dataset, path: Path, **kwargs: object) -> Path:
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
 def test_explicit_little_endian_is_spliced(name: str, tmp_path: Path) -> None:
     src = data(name)
-    dst, allocate, result = stamp(src, tmp_path, name=name)
+    dst, allocate, result = stamp(src, tmp_path)
     assert tracking_value(dst) == ATRIUID
     assert read(dst).PixelData == read(src).PixelData
     assert_same_elements(src, dst)
@@ -481,7 +481,7 @@ def test_single_file_that_cannot_be_stamped_raises_and_leaves_no_output(
     monkeypatch.setattr(target, broken)
     dst, allocate = tmp_path / "out.dcm", Allocator()
     with pytest.raises(PermanentError) as caught:
-        process_upload(data(name), dst, allocate, name="scan.dcm")
+        process_upload(data(name), dst, allocate)
     assert (caught.value.code, caught.value.stage) == (code, Stage.PROCESS)
     assert len(allocate.calls) == 1  # allocated, then refused: the job fails, nothing is quarantined
     assert not dst.exists()

@@ -102,7 +102,6 @@ def process_upload(
     tracking_tag: BaseTag = DEFAULT_TRACKING_TAG,
     limits: ZipLimits = ZipLimits(),  # noqa: B008 - frozen dataclass, safe as a default
     work_dir: Path | None = None,
-    name: str = "",
     max_in_memory_bytes: int = DEFAULT_MAX_IN_MEMORY_BYTES,
 ) -> ProcessResult:
     """Write a copy of the upload ``src`` to ``dst`` with the tracking UID in every instance.
@@ -112,8 +111,7 @@ def process_upload(
     is called exactly once, after the scan and before anything is written, with every series found
     (ordered by first appearance); it must return an ATRIUID for each. Temporary files go under
     ``work_dir`` (default: the system temporary directory) and are removed whatever happens.
-    ``name`` (the upload's file name) is accepted for callers but no longer used: a single file
-    is stamped or the call raises, so it never labels a ``MemberIssue``. A file (or inflated
+    A single file is stamped or the call raises. A file (or inflated
     deflated dataset) that would need the in-memory full rewrite and is larger than
     ``max_in_memory_bytes`` is refused with ERRS1020 before it is read (inside a zip it becomes
     the member's issue); the streaming splice has no such cap.
