@@ -132,11 +132,12 @@ def test_series_zip_is_stamped_member_by_member(series_zip: Path, tmp_path: Path
     assert result.instances_stamped == 8
     assert result.members == 10
     assert result.fallbacks == 0
+    assert result.system_files == 0
     [issue] = result.issues
-    assert (issue.member, issue.code) == ("study/README.txt", "ERRS1013")
+    assert (issue.member, issue.position, issue.code) == ("study/README.txt", 4, "ERRS1013")
 
 
-def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) -> None:
+def test_system_files_are_carried_over_silently_and_broken_members_with_issues(tmp_path: Path) -> None:
     truncated = data("MR_truncated.dcm")
     src = build_zip(
         tmp_path / "mixed.zip",
@@ -149,16 +150,14 @@ def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) ->
         ],
     )
     dst, _, result = run(src, tmp_path)
-    assert [(i.member, i.code) for i in result.issues] == [
-        ("__MACOSX/._MR_small.dcm", "ERRS1013"),
-        (".DS_Store", "ERRS1013"),
-        ("cut.dcm", "ERRS1002"),
-    ]
+    assert [(i.member, i.position, i.code) for i in result.issues] == [("cut.dcm", 3, "ERRS1002")]
+    assert result.system_files == 2
     assert result.instances_stamped == 2
     assert result.fallbacks == 1
     with zipfile.ZipFile(dst) as after:
         assert after.read("cut.dcm") == truncated.read_bytes()
         assert after.read(".DS_Store") == b"\0\0\0\1Bud1"
+        assert after.read("__MACOSX/._MR_small.dcm") == b"\0\5\26\7AppleDouble"
         assert read(after.read("big_endian.dcm"))[TRACKING].value.startswith("2.25.1000.")
 
 
