@@ -377,20 +377,23 @@ class ObjectHandler:
 def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry]:
     """Error entries for the members that had a problem, named by position, never by name.
 
-    Exporters often name folders after the patient ("DOE^JOHN/IM1"), so a zip member is reported
-    as ``#N.ext``: its 1-based position in the archive and its extension.
+    Exporters often name folders and files after the patient ("DOE^JOHN/IM1",
+    "ROE^JANE.19650312"), so a zip member is reported as ``#N.ext``: its 1-based position in the
+    archive (``MemberIssue.position``, exact even when two members share a name) and its extension
+    when it is a known one. An issue without a position (a single file) is looked up by name.
     """
     if not result.issues:
         return []
     positions: dict[str, int] = {}
-    if is_zip(source):
+    if any(issue.position is None for issue in result.issues) and is_zip(source):
         with zipfile.ZipFile(source) as archive:
             positions = {name: n for n, name in reversed(list(enumerate(archive.namelist(), start=1)))}
     entries = []
     for issue in result.issues:
         label = issue.member
-        if issue.member in positions:
-            label = f"#{positions[issue.member]}{member_suffix(issue.member)}"
+        position = issue.position if issue.position is not None else positions.get(issue.member)
+        if position is not None:
+            label = f"#{position}{member_suffix(issue.member)}"
         entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
     return entries
 

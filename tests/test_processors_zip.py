@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import signal
+import struct
+import time
 import tracemalloc
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -132,11 +137,12 @@ def test_series_zip_is_stamped_member_by_member(series_zip: Path, tmp_path: Path
     assert result.instances_stamped == 8
     assert result.members == 10
     assert result.fallbacks == 0
+    assert result.system_files == 0
     [issue] = result.issues
-    assert (issue.member, issue.code) == ("study/README.txt", "ERRS1013")
+    assert (issue.member, issue.position, issue.code) == ("study/README.txt", 4, "ERRS1013")
 
 
-def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) -> None:
+def test_system_files_are_carried_over_silently_and_broken_members_with_issues(tmp_path: Path) -> None:
     truncated = data("MR_truncated.dcm")
     src = build_zip(
         tmp_path / "mixed.zip",
@@ -149,16 +155,14 @@ def test_junk_and_broken_members_are_carried_over_with_issues(tmp_path: Path) ->
         ],
     )
     dst, _, result = run(src, tmp_path)
-    assert [(i.member, i.code) for i in result.issues] == [
-        ("__MACOSX/._MR_small.dcm", "ERRS1013"),
-        (".DS_Store", "ERRS1013"),
-        ("cut.dcm", "ERRS1002"),
-    ]
+    assert [(i.member, i.position, i.code) for i in result.issues] == [("cut.dcm", 3, "ERRS1002")]
+    assert result.system_files == 2
     assert result.instances_stamped == 2
     assert result.fallbacks == 1
     with zipfile.ZipFile(dst) as after:
         assert after.read("cut.dcm") == truncated.read_bytes()
         assert after.read(".DS_Store") == b"\0\0\0\1Bud1"
+        assert after.read("__MACOSX/._MR_small.dcm") == b"\0\5\26\7AppleDouble"
         assert read(after.read("big_endian.dcm"))[TRACKING].value.startswith("2.25.1000.")
 
 
@@ -415,3 +419,154 @@ def test_damaged_zips_only_raise_permanent_errors(flips: list[tuple[int, int]], 
         assert not dst.exists()
         return
     assert result.members >= 1
+
+
+# --- fuzzing the central directory -------------------------------------------------------------
+
+_CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory entry, 46 bytes before the name
+_END = struct.Struct("<4s4H2LH")  # end of central directory record
+_FUZZ_LIMITS = ZipLimits(max_members=400, max_total_uncompressed=8 * 1024 * 1024)
+# Central directory entry fields by struct index: sizes and the local header offset.
+_CRC, _COMPRESSED, _EXPANDED, _OFFSET = 7, 8, 9, 16
+
+
+class _Hung(BaseException):
+    """Raised by the alarm: a BaseException, so no ``except Exception`` in the code can eat it."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    def expire(signum: int, frame: object) -> None:
+        raise _Hung(f"processing took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _split_directory(raw: bytes) -> tuple[bytes, list[list[int | bytes]], list[bytes]]:
+    """The member data, each entry's fixed fields, each entry's variable tail (name, extra, comment)."""
+    end = raw.rfind(b"PK\x05\x06")
+    _, _, _, _, count, _, start, _ = _END.unpack_from(raw, end)
+    fields: list[list[int | bytes]] = []
+    tails: list[bytes] = []
+    at = start
+    for _ in range(count):
+        entry = list(_CENTRAL.unpack_from(raw, at))
+        variable = int(entry[10]) + int(entry[11]) + int(entry[12])  # type: ignore[call-overload]
+        fields.append(entry)
+        tails.append(raw[at + _CENTRAL.size : at + _CENTRAL.size + variable])
+        at += _CENTRAL.size + variable
+    return raw[:start], fields, tails
+
+
+_FUZZ_BASE = [
+    ("a.dcm", data("MR_small.dcm"), zipfile.ZIP_STORED),  # the in-place (zipraw) path
+    ("b.dcm", data("CT_small.dcm"), zipfile.ZIP_DEFLATED),
+    ("c.txt", README, zipfile.ZIP_STORED),
+    ("d/e.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED),
+]
+_u32 = st.one_of(st.integers(0, 2**32 - 1), st.integers(0, 70_000), st.sampled_from([0, 1, 2**32 - 1]))
+_mutation = st.one_of(
+    st.tuples(st.just("offset"), st.integers(0, 9), _u32),
+    st.tuples(st.just("offset_of"), st.integers(0, 9), st.integers(0, 9)),  # share a local header
+    st.tuples(st.just("shift"), st.integers(0, 9), st.integers(-600, 600)),  # overlap a neighbour
+    st.tuples(st.just("compressed"), st.integers(0, 9), _u32),
+    st.tuples(st.just("expanded"), st.integers(0, 9), _u32),
+    st.tuples(st.just("sizes"), st.integers(0, 9), _u32),
+    st.tuples(st.just("duplicate"), st.integers(0, 9), st.integers(1, 300)),
+    st.tuples(st.just("count"), st.integers(0, 9), st.integers(0, 0xFFFF)),
+    st.tuples(st.just("directory"), st.integers(0, 1), _u32),  # the end record's size / offset
+)
+
+
+def _mutate(raw: bytes, mutations: Sequence[tuple[str, int, int]]) -> bytes:
+    body, fields, tails = _split_directory(raw)
+    count_disk = count_total = -1
+    directory_size = directory_offset = -1
+    for kind, which, value in mutations:
+        i = which % len(fields)
+        if kind == "offset":
+            fields[i][_OFFSET] = value
+        elif kind == "offset_of":
+            fields[i][_OFFSET] = fields[value % len(fields)][_OFFSET]
+        elif kind == "shift":
+            fields[i][_OFFSET] = min(2**32 - 1, max(0, int(fields[i][_OFFSET]) + value))  # type: ignore[call-overload]
+        elif kind in ("compressed", "expanded", "sizes"):
+            if kind != "expanded":
+                fields[i][_COMPRESSED] = value
+            if kind != "compressed":
+                fields[i][_EXPANDED] = value
+        elif kind == "duplicate":
+            fields += [list(fields[i]) for _ in range(value)]
+            tails += [tails[i]] * value
+        elif kind == "count":
+            count_disk, count_total = (value, count_total) if which % 2 else (count_total, value)
+        elif which:
+            directory_offset = value
+        else:
+            directory_size = value
+    directory = b"".join(_CENTRAL.pack(*f) + t for f, t in zip(fields, tails, strict=True))
+    n = len(fields) & 0xFFFF
+    end = _END.pack(
+        b"PK\x05\x06",
+        0,
+        0,
+        n if count_disk < 0 else count_disk,
+        n if count_total < 0 else count_total,
+        len(directory) if directory_size < 0 else directory_size,
+        len(body) if directory_offset < 0 else directory_offset,
+        0,
+    )
+    return body + directory + end
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(_mutation, min_size=1, max_size=4))
+def test_mutated_central_directories_only_raise_permanent_errors(
+    mutations: list[tuple[str, int, int]], tmp_path: Path
+) -> None:
+    original = build_zip(tmp_path / "cd_src.zip", _FUZZ_BASE).read_bytes()
+    src = tmp_path / "cd_fuzz.zip"
+    src.write_bytes(_mutate(original, mutations))
+    dst = tmp_path / "cd_fuzz_out.zip"
+    started = time.monotonic()
+    try:
+        with _time_limit(20):
+            result = process_upload(src, dst, Allocator(), limits=_FUZZ_LIMITS, work_dir=tmp_path)
+    except PermanentError as exc:
+        assert exc.code in INSTANCE_CODES | ARCHIVE_CODES
+        assert not dst.exists()
+        return
+    finally:
+        assert time.monotonic() - started < 20
+    # Each member's bytes lie apart from every other's, so the output cannot multiply the input:
+    # at most every input byte once, plus per-member headers and tracking elements.
+    assert dst.stat().st_size <= len(original) + result.members * 1024
+    assert sum(s.number_of_instances for s in result.series) == result.instances_stamped
+    with zipfile.ZipFile(dst) as out:
+        assert len(out.infolist()) == result.members
+
+
+def test_mutation_helper_rebuilds_an_unchanged_directory_exactly() -> None:
+    # The fuzz test is only as good as its directory rewriting: with no effective change it
+    # must give back the same bytes, and a duplicated entry must be readable by zipfile.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content, method in _FUZZ_BASE:
+            info = zipfile.ZipInfo(name, DATE)
+            info.compress_type = method
+            archive.writestr(info, content.read_bytes() if isinstance(content, Path) else content)
+    raw = buffer.getvalue()
+    assert _mutate(raw, [("shift", 0, 0)]) == raw
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Duplicate name", category=UserWarning)
+        with zipfile.ZipFile(io.BytesIO(_mutate(raw, [("duplicate", 0, 5)]))) as archive:
+            infos = archive.infolist()
+            assert len(infos) == len(_FUZZ_BASE) + 5
+            assert [i.header_offset for i in infos[-5:]] == [0] * 5
+            assert archive.read(infos[-1]) == data("MR_small.dcm").read_bytes()

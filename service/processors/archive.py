@@ -6,6 +6,14 @@ member whose header lies about its size cannot expand past them), processed into
 temporary file, and copied in chunks into the output archive, which keeps member order, names,
 timestamps, permissions and each member's compression method.
 
+Before anything is expanded the central directory is checked: names (absolute, escaping, links),
+encryption, methods, counts and sizes, and the layout itself: every member's bytes, from its local
+header to the end of its data, must lie before the central directory and apart from every other
+member's, so one stored payload listed many times cannot multiply the output.
+
+Members are shown in messages and reports by position and a known extension (``#3.dcm``), never
+by name: exporters name folders and files after the patient ("DOE^JOHN/IM1", "ROE^JANE.19650312").
+
 The scan pass expands every member once and the write pass expands the DICOM ones again instead
 of keeping them all on disk between the passes: that costs a second decompression but bounds the
 temporary disk to about two members besides the input and output archives.
@@ -16,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import stat
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,6 +57,7 @@ from service.processors.splice import COPY_CHUNK, encode_element, encode_value, 
 from service.processors.zipraw import (
     MemberSlice,
     data_offset,
+    data_start,
     is_raw_member,
     replaced_head_crc,
     write_stored_member,
@@ -56,13 +66,28 @@ from service.processors.zipraw import (
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # What a single instance can be refused for; inside a zip these become the member's issue.
 INSTANCE_CODES = frozenset({"ERRS1002", "ERRS1012", "ERRS1014", "ERRS1020"})
-# The codes that refuse a whole archive.
-ARCHIVE_CODES = frozenset({"ERRS1010", "ERRS1011", "ERRS1015", "ERRS1016", "ERRS1017", "ERRS1018"})
+# The codes that refuse a whole archive (ERRL3002: series were allocated, yet no instance could be
+# stamped).
+ARCHIVE_CODES = frozenset(
+    {"ERRS1010", "ERRS1011", "ERRS1015", "ERRS1016", "ERRS1017", "ERRS1018", "ERRL3002"}
+)
 # The ratio limit only applies above this size: tiny text files compress far beyond any sane
 # ratio and are harmless.
 RATIO_FLOOR = 1024 * 1024
 _METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
-_JUNK_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+# Files that operating systems and exporters add to an upload (lower case): carried over unchanged,
+# counted, no issue. Besides these: anything under __MACOSX/ and AppleDouble "._*" files.
+_SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "dicomdir"})
+# Extensions a member may be shown with (lower case, without the dot). An allow-list: any other
+# suffix may be part of a name chosen after the patient, such as a birth date.
+KNOWN_EXTENSIONS = frozenset(
+    {
+        "dcm", "dicom", "dic", "dc3", "ima", "img", "hdr", "nii", "mha", "mhd", "nrrd", "raw", "bin",
+        "dat", "gz", "zip", "tar", "7z", "rar", "txt", "xml", "json", "csv", "pdf", "rtf", "doc",
+        "docx", "xls", "xlsx", "htm", "html", "jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff",
+        "ini", "db", "log",
+    }
+)  # fmt: skip
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -86,58 +111,78 @@ MAX_RAW_HEAD = 16 * 1024 * 1024
 
 
 def member_suffix(name: str) -> str:
-    """A member's extension, lower case, if it is short and printable; else "".
+    """A member's extension with its dot, lower case, when it is in ``KNOWN_EXTENSIONS``; else "".
 
-    Exporters often name folders after the patient ("DOE^JOHN/IM1"), so member names never go
-    into messages: members are shown by extension here, and by position in the pipeline's reports.
+    Exporters often name folders and files after the patient ("DOE^JOHN/IM1",
+    "ROE^JANE.19650312"), so member names never go into messages, and of the suffix only a known
+    extension does.
     """
     suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
-    return suffix if len(suffix) <= 10 and suffix.isprintable() else ""
+    return suffix if suffix[1:] in KNOWN_EXTENSIONS else ""
 
 
-def _shown(name: str) -> str:
-    """How a member appears in a message: by its extension only (see ``member_suffix``)."""
-    suffix = member_suffix(name)
-    return f"(extension {suffix!r})" if suffix else "(no extension)"
+def member_label(position: int, name: str) -> str:
+    """How a member appears in messages and reports: ``#N`` (1-based position) and a known
+    extension (``#3.dcm``, ``#4``)."""
+    return f"#{position}{member_suffix(name)}"
 
 
-def _is_junk(name: str) -> bool:
-    parts = name.replace("\\", "/").split("/")
-    return "__MACOSX" in parts or parts[-1].lower() in _JUNK_FILES
+def is_system_file(name: str) -> bool:
+    """True for a file an operating system or exporter adds to an upload: anything under
+    ``__MACOSX/``, AppleDouble ``._*``, ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, and a
+    media directory ``DICOMDIR`` (any case, at any level)."""
+    parts = name.replace("\\", "/").rstrip("/").split("/")
+    leaf = parts[-1]
+    return "__MACOSX" in parts or leaf.startswith("._") or leaf.lower() in _SYSTEM_FILES
 
 
-def _check_entry(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """One central directory entry and its 1-based position in the archive."""
+
+    position: int
+    info: zipfile.ZipInfo
+
+    @property
+    def label(self) -> str:
+        return member_label(self.position, self.info.filename)
+
+    def issue(self, code: str, message: str) -> MemberIssue:
+        return MemberIssue(self.info.filename, code, message, self.position)
+
+
+def _check_entry(member: _Member, limits: ZipLimits) -> None:
+    info, label = member.info, member.label
     name = info.filename.replace("\\", "/")
     if not name:
         raise fail("ERRS1015", "zip archive has a member without a name")
     if name.startswith("/") or _DRIVE.match(name) or ".." in name.split("/"):
-        raise fail("ERRS1010", f"member {_shown(info.filename)} is absolute or escapes the archive")
+        raise fail("ERRS1010", f"member {label} is absolute or escapes the archive")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise fail("ERRS1010", f"member {label} is a symbolic link")
     if info.flag_bits & 0x1:
-        raise fail("ERRS1018", f"member {_shown(info.filename)} is encrypted")
+        raise fail("ERRS1018", f"member {label} is encrypted")
     if info.compress_type not in _METHODS:
-        raise fail("ERRS1015", f"member {_shown(info.filename)} uses an unsupported compression")
+        raise fail("ERRS1015", f"member {label} uses an unsupported compression")
     if info.file_size > RATIO_FLOOR and (
         info.compress_size <= 0 or info.file_size / info.compress_size > limits.max_ratio
     ):
-        raise fail(
-            "ERRS1016",
-            f"member {_shown(info.filename)} exceeds the compression ratio limit of {limits.max_ratio:g}",
-        )
-    if not info.is_dir() and not _is_junk(name) and name.lower().endswith(".zip"):
-        raise fail("ERRS1017", f"member {_shown(info.filename)} is a nested archive")
+        raise fail("ERRS1016", f"member {label} exceeds the compression ratio limit of {limits.max_ratio:g}")
+    if not info.is_dir() and not is_system_file(name) and name.lower().endswith(".zip"):
+        raise fail("ERRS1017", f"member {label} is a nested archive")
 
 
 def validate_directory(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> None:
-    """Check the central directory before anything is expanded.
+    """Check the central directory's entries before anything is expanded.
 
-    Raises ERRS1010 (absolute or escaping name), ERRS1016 (member count, total expanded size or
-    ratio over the limits), ERRS1018 (encrypted member), ERRS1017 (member named ``*.zip``) or
-    ERRS1015 (unnamed member, unsupported compression method).
+    Raises ERRS1010 (absolute or escaping name, symbolic link), ERRS1016 (member count, total
+    expanded size or ratio over the limits), ERRS1018 (encrypted member), ERRS1017 (member named
+    ``*.zip``) or ERRS1015 (unnamed member, unsupported compression method).
     """
     if len(infos) > limits.max_members:
         raise fail("ERRS1016", f"zip archive has {len(infos)} members; the limit is {limits.max_members}")
-    for info in infos:
-        _check_entry(info, limits)
+    for position, info in enumerate(infos, start=1):
+        _check_entry(_Member(position, info), limits)
     total = sum(info.file_size for info in infos)
     if total > limits.max_total_uncompressed:
         raise fail(
@@ -145,32 +190,91 @@ def validate_directory(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> N
         )
 
 
+def check_layout(archive: BinaryIO, infos: Sequence[zipfile.ZipInfo], directory_start: int) -> None:
+    """Refuse overlapping members (a zip bomb that lists one payload many times) with ERRS1016.
+
+    A member's range runs from its local header to the end of its compressed data, measured with
+    the local header's own name and extra lengths. Every range must lie before the central
+    directory (``directory_start``), and no two may share a byte. Reads only local headers;
+    raises ERRS1015 for a missing or damaged one. Messages hold counts only.
+    """
+    ranges: list[tuple[int, int]] = []
+    outside = 0
+    for info in infos:
+        if not 0 <= info.header_offset < directory_start:
+            outside += 1
+            continue
+        with _reading_zip():
+            end = data_start(archive, info) + info.compress_size
+        if end > directory_start:
+            outside += 1
+            continue
+        ranges.append((info.header_offset, end))
+    if outside:
+        raise fail(
+            "ERRS1016", f"{outside} of {len(infos)} zip member(s) lie outside the archive's member data"
+        )
+    ranges.sort()
+    overlapping, reached = 0, 0
+    for start, end in ranges:
+        if start < reached:
+            overlapping += 1
+        reached = max(reached, end)
+    if overlapping:
+        raise fail("ERRS1016", f"{overlapping} of {len(infos)} zip member(s) overlap another member")
+
+
+def duplicate_issues(infos: Sequence[zipfile.ZipInfo]) -> dict[int, MemberIssue]:
+    """ERRS1019 for every member whose name (``\\`` read as ``/``) an earlier member already has,
+    keyed by position; directories and system files are left out (unzipping them twice is
+    harmless). The members themselves are carried over as they came."""
+    first: dict[str, int] = {}
+    issues: dict[int, MemberIssue] = {}
+    for position, info in enumerate(infos, start=1):
+        name = info.filename.replace("\\", "/")
+        if info.is_dir() or is_system_file(name):
+            continue
+        if name in first:
+            member = _Member(position, info)
+            issues[position] = member.issue(
+                "ERRS1019",
+                f"member {member.label} has the name of member #{first[name]}; both carried over",
+            )
+        else:
+            first[name] = position
+    return issues
+
+
 class _Budget:
-    """Counts the bytes really expanded, against the per-member header and the total limit."""
+    """Counts the bytes really produced, against the per-member header and the total limit."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
 
-    def pump(self, source: IO[bytes], target: IO[bytes], info: zipfile.ZipInfo) -> None:
+    def charge(self, count: int, member: _Member) -> None:
+        """Count ``count`` bytes produced for ``member``; raise ERRS1016 past the total limit."""
+        self.used += count
+        if self.used > self.limit:
+            raise fail("ERRS1016", f"member {member.label} expands past the allowed size")
+
+    def pump(self, source: IO[bytes], target: IO[bytes], member: _Member) -> None:
         """Copy one member in bounded chunks; raise ERRS1016 once it expands past a limit."""
         written = 0
         while chunk := source.read(COPY_CHUNK):
             written += len(chunk)
             self.used += len(chunk)
-            if written > info.file_size or self.used > self.limit:
-                raise fail(
-                    "ERRS1016", f"member {_shown(info.filename)} expands past the declared or allowed size"
-                )
+            if written > member.info.file_size or self.used > self.limit:
+                raise fail("ERRS1016", f"member {member.label} expands past the declared or allowed size")
             target.write(chunk)
 
 
-def _extract(zin: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, budget: _Budget) -> None:
-    with _reading_zip(), zin.open(info) as source, open(path, "wb") as target:
-        budget.pump(source, target, info)
+def _extract(zin: zipfile.ZipFile, member: _Member, path: Path, budget: _Budget) -> None:
+    with _reading_zip(), zin.open(member.info) as source, open(path, "wb") as target:
+        budget.pump(source, target, member)
     with open(path, "rb") as extracted:
         if extracted.read(4) in ZIP_MAGICS:
-            raise fail("ERRS1017", f"member {_shown(info.filename)} is a nested archive")
+            raise fail("ERRS1017", f"member {member.label} is a nested archive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +284,16 @@ class _Entry:
     instance: Instance | None = None  # a DICOM instance to stamp
     issue: MemberIssue | None = None  # carried over unchanged, with this issue
     raw_offset: int | None = None  # a stored member stamped in place (zipraw): its data offset
+    system: bool = False  # a system file, carried over unchanged without an issue
 
 
-def _scan_raw(archive: BinaryIO, info: zipfile.ZipInfo, tag: BaseTag) -> _Entry | None:
+def _scan_raw(archive: BinaryIO, member: _Member, tag: BaseTag) -> _Entry | None:
     """The in-place scan of a stored member; None when it needs the extracting scan."""
+    info = member.info
     offset = data_offset(archive, info)
     view = MemberSlice(archive, offset, info.file_size)
     if view.read(4) in ZIP_MAGICS:
-        raise fail("ERRS1017", f"member {_shown(info.filename)} is a nested archive")
+        raise fail("ERRS1017", f"member {member.label} is a nested archive")
     quick = quick_scan(view, info.file_size, tag)
     if quick is None:
         return None
@@ -201,37 +307,36 @@ def _scan_raw(archive: BinaryIO, info: zipfile.ZipInfo, tag: BaseTag) -> _Entry 
 def _scan_member(
     zin: zipfile.ZipFile,
     archive: BinaryIO,
-    info: zipfile.ZipInfo,
+    member: _Member,
     work: Path,
     tag: BaseTag,
     budget: _Budget,
     max_in_memory_bytes: int,
 ) -> _Entry:
+    info = member.info
     if info.is_dir():
         return _Entry()
-    if _is_junk(info.filename):
-        return _Entry(
-            issue=MemberIssue(info.filename, "ERRS1013", "system file, not DICOM; carried over unchanged")
-        )
+    if is_system_file(info.filename):
+        return _Entry(system=True)
     path = work / "scan.member"
     try:
         if is_raw_member(info):
-            entry = _scan_raw(archive, info, tag)
+            entry = _scan_raw(archive, member, tag)
             if entry is not None:
                 return entry
-        _extract(zin, info, path, budget)
+        _extract(zin, member, path, budget)
         return _Entry(instance=scan_instance(path, tag, max_in_memory_bytes=max_in_memory_bytes))
     except PermanentError as exc:
         if exc.code not in INSTANCE_CODES:
             raise
         code = "ERRS1013" if exc.code == "ERRS1012" else exc.code
-        return _Entry(issue=MemberIssue(info.filename, code, f"{exc.message}; carried over unchanged"))
+        return _Entry(issue=member.issue(code, f"{exc.message}; carried over unchanged"))
     finally:
         path.unlink(missing_ok=True)
 
 
 def _summaries(entries: Sequence[_Entry]) -> tuple[SeriesSummary, ...]:
-    """One summary per series, in order of first appearance in the archive."""
+    """One summary per series found by the scan, in order of first appearance in the archive."""
     counts: dict[SeriesKey, int] = {}
     numbers: dict[SeriesKey, int | None] = {}
     for entry in entries:
@@ -240,6 +345,16 @@ def _summaries(entries: Sequence[_Entry]) -> tuple[SeriesSummary, ...]:
             counts[key] = counts.get(key, 0) + 1
             numbers.setdefault(key, entry.instance.series_number)
     return tuple(SeriesSummary(key, numbers[key], count) for key, count in counts.items())
+
+
+def _stamped(series: Sequence[SeriesSummary], stamped: Mapping[SeriesKey, int]) -> tuple[SeriesSummary, ...]:
+    """The scan's series as written: each counts the instances that carry its ATRIUID in the
+    output, and a series none of whose instances was stamped is left out."""
+    return tuple(
+        SeriesSummary(summary.key, summary.series_number, stamped[summary.key])
+        for summary in series
+        if stamped.get(summary.key, 0) > 0
+    )
 
 
 def _no_instance(entries: Sequence[_Entry]) -> PermanentError:
@@ -296,7 +411,7 @@ class _Writer:
         self.zin, self.zout, self.archive, self.work = zin, zout, archive, work
         self.max_in_memory_bytes = max_in_memory_bytes
         self.budget = _Budget(limit)
-        self.stamped = 0
+        self.stamped: dict[SeriesKey, int] = {}  # instances carrying each series' ATRIUID
         self.fallbacks = 0
         self.deep_verified: set[SeriesKey] = set()  # pydicom re-reads one instance per series
 
@@ -306,6 +421,9 @@ class _Writer:
         self.deep_verified.add(key)
         return True
 
+    def _count(self, instance: Instance) -> None:
+        self.stamped[instance.key] = self.stamped.get(instance.key, 0) + 1
+
     def _target(self, info: zipfile.ZipInfo) -> IO[bytes]:
         return self.zout.open(_out_info(info), "w", force_zip64=True)
 
@@ -313,25 +431,29 @@ class _Writer:
         with open(path, "rb") as source, self._target(info) as target:
             shutil.copyfileobj(source, target, COPY_CHUNK)
 
-    def carry(self, info: zipfile.ZipInfo) -> None:
+    def carry(self, member: _Member) -> None:
         """Copy a member unchanged: a stored one as a byte range with its own CRC, any other
-        decompressed (CRC verified) and recompressed with its own method, in bounded chunks."""
+        decompressed (CRC verified) and recompressed with its own method, in bounded chunks.
+        Either way its bytes count against the expansion limit (ERRS1016)."""
+        info = member.info
         if info.is_dir():
             self.zout.writestr(_out_info(info), b"")
             return
         if is_raw_member(info):
             offset = data_offset(self.archive, info)
+            self.budget.charge(info.file_size, member)
             write_stored_member(
                 self.zout, _out_info(info), b"", self.archive, offset, info.file_size, info.CRC
             )
             return
         with _reading_zip(), self.zin.open(info) as source, self._target(info) as target:
-            self.budget.pump(source, target, info)
+            self.budget.pump(source, target, member)
 
     def stamp_raw(
-        self, info: zipfile.ZipInfo, instance: Instance, offset: int, tag: BaseTag, vr: str, uid: str
+        self, member: _Member, instance: Instance, offset: int, tag: BaseTag, vr: str, uid: str
     ) -> MemberIssue | None:
         """Stamp a stored member in place: new head, tail copied by the kernel, CRC derived."""
+        info = member.info
         plan = instance.plan
         assert plan is not None
         element = encode_element(
@@ -346,21 +468,22 @@ class _Writer:
             if self._deep(instance.key):
                 check_head_with_pydicom(head, plan, tag, uid)
         except PermanentError as exc:
-            self.carry(info)
-            return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over unchanged")
+            self.carry(member)
+            return member.issue(exc.code, f"{exc.message}; carried over unchanged")
         tail = info.file_size - plan.cut_end
         crc = replaced_head_crc(info.CRC, old_head, head, tail)
+        self.budget.charge(len(head) + tail, member)
         write_stored_member(self.zout, _out_info(info), head, self.archive, offset + plan.cut_end, tail, crc)
-        self.stamped += 1
+        self._count(instance)
         return None
 
     def stamp(
-        self, info: zipfile.ZipInfo, instance: Instance, tag: BaseTag, vr: str, uid: str
+        self, member: _Member, instance: Instance, tag: BaseTag, vr: str, uid: str
     ) -> MemberIssue | None:
         """Stamp one DICOM member; on failure carry it over unchanged and return the issue."""
         src, dst = self.work / "in.member", self.work / "out.member"
         try:
-            _extract(self.zin, info, src, self.budget)
+            _extract(self.zin, member, src, self.budget)
             try:
                 deep = self._deep(instance.key)
                 fallback = stamp_instance(
@@ -374,10 +497,10 @@ class _Writer:
                     deep_verify=deep,
                 )
             except PermanentError as exc:
-                self._store(info, src)
-                return MemberIssue(info.filename, exc.code, f"{exc.message}; carried over unchanged")
-            self._store(info, dst)
-            self.stamped += 1
+                self._store(member.info, src)
+                return member.issue(exc.code, f"{exc.message}; carried over unchanged")
+            self._store(member.info, dst)
+            self._count(instance)
             self.fallbacks += int(fallback)
             return None
         finally:
@@ -399,11 +522,15 @@ def process_zip(
     """Stamp every DICOM member of the zip ``src`` into a new zip at ``dst``.
 
     ``work`` is an existing private temporary directory; ``max_in_memory_bytes`` caps what a
-    member's full rewrite may hold (ERRS1020, the member's issue). Raises ERRS1015-ERRS1018 for the archive
-    as a whole (and ERRS1002/ERRS1014 when its only DICOM members are broken); problems with single
-    members become ``MemberIssue`` entries and the member is carried over unchanged. ``allocate``
-    is called once, with every series, before anything is written; ``ValueError`` escapes when its
-    answer lacks a series or holds an invalid UID, ``OSError`` for disk faults.
+    member's full rewrite may hold (ERRS1020, the member's issue). Raises ERRS1010 and
+    ERRS1015-ERRS1018 for the archive as a whole, before anything is expanded where the central
+    directory shows it (ERRS1002/ERRS1014 when its only DICOM members are broken, ERRS1011 when it
+    has none), and ERRL3002 when series were allocated but no instance could be stamped (``dst``
+    then holds partial output: ``process_upload`` removes it). Problems with single members become
+    ``MemberIssue`` entries and the member is carried over unchanged; system files are carried
+    over without one. ``allocate`` is called once, with every series, before anything is written;
+    ``ValueError`` escapes when its answer lacks a series or holds an invalid UID, ``OSError`` for
+    disk faults. The result's ``series`` counts what was stamped (see ``ProcessResult``).
     """
     with _reading_zip():
         zin = zipfile.ZipFile(src)
@@ -411,49 +538,66 @@ def process_zip(
         with _reading_zip():
             infos = zin.infolist()
         validate_directory(infos, limits)
-        scan_budget = _Budget(limits.max_total_uncompressed)
         archive = stack.enter_context(open(src, "rb"))
+        check_layout(archive, infos, zin.start_dir)
+        members = [_Member(position, info) for position, info in enumerate(infos, start=1)]
+        scan_budget = _Budget(limits.max_total_uncompressed)
         try:
             entries = [
-                _scan_member(zin, archive, info, work, tag, scan_budget, max_in_memory_bytes)
-                for info in infos
+                _scan_member(zin, archive, member, work, tag, scan_budget, max_in_memory_bytes)
+                for member in members
             ]
         except zipfile.BadZipFile:
             raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
-        series = _summaries(entries)
-        if not series:
+        found = _summaries(entries)
+        if not found:
             raise _no_instance(entries)
-        uids = checked_uids(allocate(series), series, vr)
+        uids = checked_uids(allocate(found), found, vr)
         with zipfile.ZipFile(dst, "w", allowZip64=True) as zout, warnings.catch_warnings():
-            # Duplicate member names are carried over as they came; zipfile warns about them.
+            # Duplicate member names are carried over as they came (and reported, ERRS1019);
+            # zipfile warns about them.
             warnings.filterwarnings("ignore", message="Duplicate name", category=UserWarning)
             writer = _Writer(zin, zout, archive, work, limits.max_total_uncompressed, max_in_memory_bytes)
             try:
-                issues = _write_members(writer, infos, entries, uids, tag, vr)
+                issues = _write_members(writer, members, entries, duplicate_issues(infos), uids, tag, vr)
             except zipfile.BadZipFile:
                 raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
             zout.comment = zin.comment
-    return ProcessResult(series, tuple(issues), writer.stamped, len(infos), writer.fallbacks)
+    series = _stamped(found, writer.stamped)
+    if not series:
+        attempted = sum(1 for entry in entries if entry.instance is not None)
+        raise fail("ERRL3002", f"none of the {attempted} DICOM member(s) could be stamped")
+    return ProcessResult(
+        series,
+        tuple(issues),
+        sum(writer.stamped.values()),
+        len(infos),
+        writer.fallbacks,
+        system_files=sum(1 for entry in entries if entry.system),
+    )
 
 
 def _write_members(
     writer: _Writer,
-    infos: Sequence[zipfile.ZipInfo],
+    members: Sequence[_Member],
     entries: Sequence[_Entry],
+    duplicates: Mapping[int, MemberIssue],
     uids: Mapping[SeriesKey, str],
     tag: BaseTag,
     vr: str,
 ) -> list[MemberIssue]:
     issues: list[MemberIssue] = []
-    for info, entry in zip(infos, entries, strict=True):
+    for member, entry in zip(members, entries, strict=True):
+        if member.position in duplicates:
+            issues.append(duplicates[member.position])
         if entry.instance is None:
-            writer.carry(info)
+            writer.carry(member)
             issue = entry.issue
         elif entry.raw_offset is not None:
             uid = uids[entry.instance.key]
-            issue = writer.stamp_raw(info, entry.instance, entry.raw_offset, tag, vr, uid)
+            issue = writer.stamp_raw(member, entry.instance, entry.raw_offset, tag, vr, uid)
         else:
-            issue = writer.stamp(info, entry.instance, tag, vr, uids[entry.instance.key])
+            issue = writer.stamp(member, entry.instance, tag, vr, uids[entry.instance.key])
         if issue is not None:
             issues.append(issue)
     return issues

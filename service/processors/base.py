@@ -36,9 +36,12 @@ class SeriesSummary:
 class MemberIssue:
     """A problem with one part of an upload that did not stop the rest (Completed + has_error)."""
 
-    member: str  # zip member name, or the file name for a single file
-    code: str  # an ERRL code from service.errors
-    message: str  # built from codes/counts/UIDs only: never a header value
+    member: str  # zip member name, or the file name for a single file (never put in a message)
+    code: str  # a code from service.errors
+    message: str  # built from codes/counts/UIDs only: never a header value, never a member name
+    # 1-based index of the member in the archive (set by the zip processor; None for a single
+    # file). Reports name a member by this, not by ``member``: two members can share one name.
+    position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +55,23 @@ class ZipLimits:
 
 @dataclass(frozen=True, slots=True)
 class ProcessResult:
-    """What a processor did to one upload."""
+    """What a processor did to one upload: a record of the output, not of the scan.
 
-    # The series as written: number_of_instances counts the instances that carry the series'
-    # ATRIUID in the output; a series none of whose instances could be stamped is left out.
+    ``series`` describes what was actually stamped: one summary per series that has at least one
+    instance carrying its ATRIUID in the output, in order of first appearance, with
+    ``number_of_instances`` the count of such instances. A series that was found and allocated but
+    none of whose instances could be stamped is omitted (its instances are among ``issues``), so
+    ``sum(s.number_of_instances for s in series) == instances_stamped``.
+    """
+
     series: tuple[SeriesSummary, ...]
     issues: tuple[MemberIssue, ...]
     instances_stamped: int
     members: int  # 1 for a single file
     fallbacks: int = 0  # instances that needed a full pydicom rewrite instead of a header splice
-    system_files: int = 0  # __MACOSX, .DS_Store, DICOMDIR...: carried over, expected, no issue
+    # System files of a zip (__MACOSX/, ._*, .DS_Store, Thumbs.db, desktop.ini, DICOMDIR):
+    # carried over unchanged, no issue. Directories are not counted.
+    system_files: int = 0
 
 
 class UidAllocator(Protocol):

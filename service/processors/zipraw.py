@@ -76,9 +76,12 @@ def replaced_head_crc(stored_crc: int, old_head: bytes, new_head: bytes, tail_le
     return stored_crc ^ _multmodp(shift, zlib.crc32(old_head) ^ zlib.crc32(new_head))
 
 
-def data_offset(archive: BinaryIO, info: zipfile.ZipInfo) -> int:
-    """Where a member's data starts: after its local header (whose lengths may differ from the
-    central directory's). Raises ``zipfile.BadZipFile`` for a missing or damaged local header."""
+def data_start(archive: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """Where a member's data starts: after its local header, whose name and extra lengths may
+    differ from the central directory's. Raises ``zipfile.BadZipFile`` for a missing or damaged
+    local header."""
+    if info.header_offset < 0:
+        raise zipfile.BadZipFile("negative local header offset")
     archive.seek(info.header_offset)
     raw = archive.read(_LOCAL_HEADER.size)
     if len(raw) != _LOCAL_HEADER.size:
@@ -87,7 +90,13 @@ def data_offset(archive: BinaryIO, info: zipfile.ZipInfo) -> int:
     if fields[0] != _LOCAL_SIGNATURE:
         raise zipfile.BadZipFile("bad local header signature")
     name_length, extra_length = int(fields[-2]), int(fields[-1])
-    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    return info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+
+
+def data_offset(archive: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """``data_start``, checked: raises ``zipfile.BadZipFile`` when the data runs past the end of
+    the archive."""
+    start = data_start(archive, info)
     if start + info.compress_size > os.fstat(archive.fileno()).st_size:
         raise zipfile.BadZipFile("member data runs past the end of the archive")
     return start
