@@ -196,6 +196,7 @@ def _run_pipelines_list(_args: argparse.Namespace, settings: Settings) -> int:
 def _run_stamp(args: argparse.Namespace, settings: Settings) -> int:
     from service.processors import process_upload
     from service.processors.base import SeriesKey, SeriesSummary
+    from service.processors.directory import member_label
     from service.s3io import file_fingerprint
 
     atri: dict[SeriesKey, str] = {}
@@ -225,8 +226,9 @@ def _run_stamp(args: argparse.Namespace, settings: Settings) -> int:
             f"{atri[s.key]:<12} {number:>6} {s.number_of_instances:>9}  "
             f"{s.key.study_uid} / {s.key.series_uid}"
         )
-    for issue in result.issues:
-        print(f"{issue.code} {issue.member}: {issue.message}")
+    for issue in result.issues:  # by position, as in the worker's reports: names can carry PHI
+        where = member_label(issue.position, issue.member) if issue.position else "file"
+        print(f"{issue.code} {where}: {issue.message}")
     print(
         f"{result.instances_stamped} instance(s) stamped, {result.members} member(s), "
         f"{result.fallbacks} full rewrite(s); written to {args.output}"

@@ -31,8 +31,8 @@ from service.keys import (
 )
 from service.logs import describe_exception
 from service.processors import is_zip, process_upload
-from service.processors.archive import member_suffix
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
+from service.processors.directory import member_suffix
 from service.quarantine import IntegrityRecord, check_fits_s3, place_in_quarantine, quarantine_metadata
 from service.reporting import JobReport, Reporter
 from service.retry import is_transient_db_error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pydicom
@@ -45,6 +46,19 @@ def test_stamp_of_a_bad_file_prints_its_code(tmp_path: Path, capsys: pytest.Capt
     bad.write_text("hello")
     assert main(["stamp", str(bad), str(tmp_path / "out.dcm")], {}) == 1
     assert capsys.readouterr().err.startswith("ERRS1012")
+
+
+def test_stamp_shows_member_issues_by_position_never_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.write(bundled_file("CT_small.dcm"), "IM1.dcm")
+        out.writestr("ROE^JANE.19650312", b"notes")
+    assert main(["stamp", str(archive), str(tmp_path / "out.zip")], {}) == 0
+    out_text = capsys.readouterr().out
+    assert "ERRS1013 #2:" in out_text
+    assert "ROE" not in out_text and "19650312" not in out_text
 
 
 def test_migrate_and_pipelines(stack: TestStack, capsys: pytest.CaptureFixture[str]) -> None:

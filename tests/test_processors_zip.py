@@ -23,8 +23,8 @@ from pydicom.data import get_testdata_file
 
 from service.errors import PermanentError
 from service.processors import DEFAULT_TRACKING_TAG, ProcessResult, process_upload
-from service.processors.archive import ARCHIVE_CODES, INSTANCE_CODES
 from service.processors.base import SeriesKey, SeriesSummary, ZipLimits
+from service.processors.directory import ARCHIVE_CODES, INSTANCE_CODES
 
 TRACKING = DEFAULT_TRACKING_TAG
 README = b"Scans for subject 0042, visit 2.\r\nUploaded by the site coordinator.\r\n"

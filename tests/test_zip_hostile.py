@@ -20,8 +20,8 @@ import pytest
 from service.errors import PermanentError, Stage
 from service.pipeline import member_issue_entries
 from service.processors import ProcessResult, process_upload
-from service.processors.archive import member_suffix
 from service.processors.base import SeriesKey, ZipLimits
+from service.processors.directory import member_suffix
 from service.processors.reading import fail
 from tests.test_processors_zip import (
     DATE,
@@ -272,6 +272,7 @@ def test_duplicate_names_are_carried_over_in_order_and_reported_by_position(tmp_
             ("scans/IM1.dcm", data("CT_small.dcm"), zipfile.ZIP_DEFLATED),
             ("scans\\IM1.dcm", README, zipfile.ZIP_STORED),  # the same name to Windows' unzip
             ("scans/IM2.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED),
+            ("SCANS/im2.DCM", data("CT_small.dcm"), zipfile.ZIP_STORED),  # the same to macOS' unzip
         ],
     )
     dst, _, result = run(src, tmp_path)
@@ -279,15 +280,16 @@ def test_duplicate_names_are_carried_over_in_order_and_reported_by_position(tmp_
         (2, "ERRS1019"),
         (3, "ERRS1019"),
         (3, "ERRS1013"),
+        (5, "ERRS1019"),
     ]
     assert result.issues[0].message == "member #2.dcm has the name of member #1; both carried over"
-    assert [e.member for e in member_issue_entries(src, result)] == ["#2.dcm", "#3.dcm", "#3.dcm"]
-    assert result.instances_stamped == 3
+    assert [e.member for e in member_issue_entries(src, result)] == ["#2.dcm", "#3.dcm", "#3.dcm", "#5.dcm"]
+    assert result.instances_stamped == 4
     with zipfile.ZipFile(dst) as after:
         infos = after.infolist()
         names = [i.filename for i in infos]
-        first, second, third, fourth = (after.read(info) for info in infos)
-    assert names == ["scans/IM1.dcm", "scans/IM1.dcm", "scans\\IM1.dcm", "scans/IM2.dcm"]
+        first, second, third, fourth, _ = (after.read(info) for info in infos)
+    assert names == ["scans/IM1.dcm", "scans/IM1.dcm", "scans\\IM1.dcm", "scans/IM2.dcm", "SCANS/im2.DCM"]
     assert read(first).SOPInstanceUID == read(data("MR_small.dcm")).SOPInstanceUID
     assert read(second).SOPInstanceUID == read(data("CT_small.dcm")).SOPInstanceUID
     assert stamped_uid(first).startswith("2.25.1000.")

@@ -35,7 +35,7 @@ from pathlib import Path
 import pydicom.config
 from pydicom.tag import BaseTag
 
-from service.processors.archive import ZIP_MAGICS, checked_uids, process_zip
+from service.processors.archive import checked_uids, process_zip
 from service.processors.base import (
     DEFAULT_MAX_IN_MEMORY_BYTES,
     DEFAULT_TRACKING_TAG,
@@ -46,6 +46,7 @@ from service.processors.base import (
     UidAllocator,
     ZipLimits,
 )
+from service.processors.directory import ZIP_MAGICS
 from service.processors.instance import scan_instance, stamp_instance
 from service.processors.splice import check_tracking_tag
 

@@ -6,10 +6,8 @@ member whose header lies about its size cannot expand past them), processed into
 temporary file, and copied in chunks into the output archive, which keeps member order, names,
 timestamps, permissions and each member's compression method.
 
-Before anything is expanded the central directory is checked: names (absolute, escaping, links),
-encryption, methods, counts and sizes, and the layout itself: every member's bytes, from its local
-header to the end of its data, must lie before the central directory and apart from every other
-member's, so one stored payload listed many times cannot multiply the output.
+Before anything is expanded the central directory is checked (``directory.py``): names, links,
+encryption, methods, counts, sizes, and members that overlap.
 
 Members are shown in messages and reports by position and a known extension (``#3.dcm``), never
 by name: exporters name folders and files after the patient ("DOE^JOHN/IM1", "ROE^JANE.19650312").
@@ -22,15 +20,12 @@ temporary disk to about two members besides the input and output archives.
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
-import stat
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, BinaryIO
 
 from pydicom.tag import BaseTag
@@ -44,6 +39,16 @@ from service.processors.base import (
     UidAllocator,
     ZipLimits,
 )
+from service.processors.directory import (
+    INSTANCE_CODES,
+    ZIP_MAGICS,
+    Member,
+    check_layout,
+    duplicate_issues,
+    is_system_file,
+    reading_zip,
+    validate_directory,
+)
 from service.processors.fastscan import quick_scan
 from service.processors.instance import (
     Instance,
@@ -52,197 +57,19 @@ from service.processors.instance import (
     scan_instance,
     stamp_instance,
 )
-from service.processors.reading import fail, is_os_fault
+from service.processors.reading import fail
 from service.processors.splice import COPY_CHUNK, encode_element, encode_value, plan_splice, spliced_head
 from service.processors.zipraw import (
     MemberSlice,
     data_offset,
-    data_start,
     is_raw_member,
     replaced_head_crc,
     write_stored_member,
 )
 
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-# What a single instance can be refused for; inside a zip these become the member's issue.
-INSTANCE_CODES = frozenset({"ERRS1002", "ERRS1012", "ERRS1014", "ERRS1020"})
-# The codes that refuse a whole archive (ERRL3002: series were allocated, yet no instance could be
-# stamped).
-ARCHIVE_CODES = frozenset(
-    {"ERRS1010", "ERRS1011", "ERRS1015", "ERRS1016", "ERRS1017", "ERRS1018", "ERRL3002"}
-)
-# The ratio limit only applies above this size: tiny text files compress far beyond any sane
-# ratio and are harmless.
-RATIO_FLOOR = 1024 * 1024
-_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
-# Files that operating systems and exporters add to an upload (lower case): carried over unchanged,
-# counted, no issue. Besides these: anything under __MACOSX/ and AppleDouble "._*" files.
-_SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "dicomdir"})
-# Extensions a member may be shown with (lower case, without the dot). An allow-list: any other
-# suffix may be part of a name chosen after the patient, such as a birth date.
-KNOWN_EXTENSIONS = frozenset(
-    {
-        "dcm", "dicom", "dic", "dc3", "ima", "img", "hdr", "nii", "mha", "mhd", "nrrd", "raw", "bin",
-        "dat", "gz", "zip", "tar", "7z", "rar", "txt", "xml", "json", "csv", "pdf", "rtf", "doc",
-        "docx", "xls", "xlsx", "htm", "html", "jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff",
-        "ini", "db", "log",
-    }
-)  # fmt: skip
-_DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-@contextmanager
-def _reading_zip() -> Iterator[None]:
-    """Map failures while reading the archive to ERRS1015 (zipfile and its decompressors raise
-    many types on hostile bytes); our own ``PermanentError`` and real disk faults pass through."""
-    try:
-        yield
-    except PermanentError:
-        raise
-    except Exception as exc:
-        if is_os_fault(exc):
-            raise
-        raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
-
-
 # A stored member is stamped in place when everything before its splice point fits this: the
 # head is held in memory (headers are kilobytes; a larger one takes the extracting path).
 MAX_RAW_HEAD = 16 * 1024 * 1024
-
-
-def member_suffix(name: str) -> str:
-    """A member's extension with its dot, lower case, when it is in ``KNOWN_EXTENSIONS``; else "".
-
-    Exporters often name folders and files after the patient ("DOE^JOHN/IM1",
-    "ROE^JANE.19650312"), so member names never go into messages, and of the suffix only a known
-    extension does.
-    """
-    suffix = PurePosixPath(name.replace("\\", "/")).suffix.lower()
-    return suffix if suffix[1:] in KNOWN_EXTENSIONS else ""
-
-
-def member_label(position: int, name: str) -> str:
-    """How a member appears in messages and reports: ``#N`` (1-based position) and a known
-    extension (``#3.dcm``, ``#4``)."""
-    return f"#{position}{member_suffix(name)}"
-
-
-def is_system_file(name: str) -> bool:
-    """True for a file an operating system or exporter adds to an upload: anything under
-    ``__MACOSX/``, AppleDouble ``._*``, ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, and a
-    media directory ``DICOMDIR`` (any case, at any level)."""
-    parts = name.replace("\\", "/").rstrip("/").split("/")
-    leaf = parts[-1]
-    return "__MACOSX" in parts or leaf.startswith("._") or leaf.lower() in _SYSTEM_FILES
-
-
-@dataclass(frozen=True, slots=True)
-class _Member:
-    """One central directory entry and its 1-based position in the archive."""
-
-    position: int
-    info: zipfile.ZipInfo
-
-    @property
-    def label(self) -> str:
-        return member_label(self.position, self.info.filename)
-
-    def issue(self, code: str, message: str) -> MemberIssue:
-        return MemberIssue(self.info.filename, code, message, self.position)
-
-
-def _check_entry(member: _Member, limits: ZipLimits) -> None:
-    info, label = member.info, member.label
-    name = info.filename.replace("\\", "/")
-    if not name:
-        raise fail("ERRS1015", "zip archive has a member without a name")
-    if name.startswith("/") or _DRIVE.match(name) or ".." in name.split("/"):
-        raise fail("ERRS1010", f"member {label} is absolute or escapes the archive")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise fail("ERRS1010", f"member {label} is a symbolic link")
-    if info.flag_bits & 0x1:
-        raise fail("ERRS1018", f"member {label} is encrypted")
-    if info.compress_type not in _METHODS:
-        raise fail("ERRS1015", f"member {label} uses an unsupported compression")
-    if info.file_size > RATIO_FLOOR and (
-        info.compress_size <= 0 or info.file_size / info.compress_size > limits.max_ratio
-    ):
-        raise fail("ERRS1016", f"member {label} exceeds the compression ratio limit of {limits.max_ratio:g}")
-    if not info.is_dir() and not is_system_file(name) and name.lower().endswith(".zip"):
-        raise fail("ERRS1017", f"member {label} is a nested archive")
-
-
-def validate_directory(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> None:
-    """Check the central directory's entries before anything is expanded.
-
-    Raises ERRS1010 (absolute or escaping name, symbolic link), ERRS1016 (member count, total
-    expanded size or ratio over the limits), ERRS1018 (encrypted member), ERRS1017 (member named
-    ``*.zip``) or ERRS1015 (unnamed member, unsupported compression method).
-    """
-    if len(infos) > limits.max_members:
-        raise fail("ERRS1016", f"zip archive has {len(infos)} members; the limit is {limits.max_members}")
-    for position, info in enumerate(infos, start=1):
-        _check_entry(_Member(position, info), limits)
-    total = sum(info.file_size for info in infos)
-    if total > limits.max_total_uncompressed:
-        raise fail(
-            "ERRS1016", f"zip archive expands to {total} bytes; the limit is {limits.max_total_uncompressed}"
-        )
-
-
-def check_layout(archive: BinaryIO, infos: Sequence[zipfile.ZipInfo], directory_start: int) -> None:
-    """Refuse overlapping members (a zip bomb that lists one payload many times) with ERRS1016.
-
-    A member's range runs from its local header to the end of its compressed data, measured with
-    the local header's own name and extra lengths. Every range must lie before the central
-    directory (``directory_start``), and no two may share a byte. Reads only local headers;
-    raises ERRS1015 for a missing or damaged one. Messages hold counts only.
-    """
-    ranges: list[tuple[int, int]] = []
-    outside = 0
-    for info in infos:
-        if not 0 <= info.header_offset < directory_start:
-            outside += 1
-            continue
-        with _reading_zip():
-            end = data_start(archive, info) + info.compress_size
-        if end > directory_start:
-            outside += 1
-            continue
-        ranges.append((info.header_offset, end))
-    if outside:
-        raise fail(
-            "ERRS1016", f"{outside} of {len(infos)} zip member(s) lie outside the archive's member data"
-        )
-    ranges.sort()
-    overlapping, reached = 0, 0
-    for start, end in ranges:
-        if start < reached:
-            overlapping += 1
-        reached = max(reached, end)
-    if overlapping:
-        raise fail("ERRS1016", f"{overlapping} of {len(infos)} zip member(s) overlap another member")
-
-
-def duplicate_issues(infos: Sequence[zipfile.ZipInfo]) -> dict[int, MemberIssue]:
-    """ERRS1019 for every member whose name (``\\`` read as ``/``) an earlier member already has,
-    keyed by position; directories and system files are left out (unzipping them twice is
-    harmless). The members themselves are carried over as they came."""
-    first: dict[str, int] = {}
-    issues: dict[int, MemberIssue] = {}
-    for position, info in enumerate(infos, start=1):
-        name = info.filename.replace("\\", "/")
-        if info.is_dir() or is_system_file(name):
-            continue
-        if name in first:
-            member = _Member(position, info)
-            issues[position] = member.issue(
-                "ERRS1019",
-                f"member {member.label} has the name of member #{first[name]}; both carried over",
-            )
-        else:
-            first[name] = position
-    return issues
 
 
 class _Budget:
@@ -252,13 +79,13 @@ class _Budget:
         self.limit = limit
         self.used = 0
 
-    def charge(self, count: int, member: _Member) -> None:
+    def charge(self, count: int, member: Member) -> None:
         """Count ``count`` bytes produced for ``member``; raise ERRS1016 past the total limit."""
         self.used += count
         if self.used > self.limit:
             raise fail("ERRS1016", f"member {member.label} expands past the allowed size")
 
-    def pump(self, source: IO[bytes], target: IO[bytes], member: _Member) -> None:
+    def pump(self, source: IO[bytes], target: IO[bytes], member: Member) -> None:
         """Copy one member in bounded chunks; raise ERRS1016 once it expands past a limit."""
         written = 0
         while chunk := source.read(COPY_CHUNK):
@@ -269,8 +96,8 @@ class _Budget:
             target.write(chunk)
 
 
-def _extract(zin: zipfile.ZipFile, member: _Member, path: Path, budget: _Budget) -> None:
-    with _reading_zip(), zin.open(member.info) as source, open(path, "wb") as target:
+def _extract(zin: zipfile.ZipFile, member: Member, path: Path, budget: _Budget) -> None:
+    with reading_zip(), zin.open(member.info) as source, open(path, "wb") as target:
         budget.pump(source, target, member)
     with open(path, "rb") as extracted:
         if extracted.read(4) in ZIP_MAGICS:
@@ -287,7 +114,7 @@ class _Entry:
     system: bool = False  # a system file, carried over unchanged without an issue
 
 
-def _scan_raw(archive: BinaryIO, member: _Member, tag: BaseTag) -> _Entry | None:
+def _scan_raw(archive: BinaryIO, member: Member, tag: BaseTag) -> _Entry | None:
     """The in-place scan of a stored member; None when it needs the extracting scan."""
     info = member.info
     offset = data_offset(archive, info)
@@ -307,7 +134,7 @@ def _scan_raw(archive: BinaryIO, member: _Member, tag: BaseTag) -> _Entry | None
 def _scan_member(
     zin: zipfile.ZipFile,
     archive: BinaryIO,
-    member: _Member,
+    member: Member,
     work: Path,
     tag: BaseTag,
     budget: _Budget,
@@ -431,7 +258,7 @@ class _Writer:
         with open(path, "rb") as source, self._target(info) as target:
             shutil.copyfileobj(source, target, COPY_CHUNK)
 
-    def carry(self, member: _Member) -> None:
+    def carry(self, member: Member) -> None:
         """Copy a member unchanged: a stored one as a byte range with its own CRC, any other
         decompressed (CRC verified) and recompressed with its own method, in bounded chunks.
         Either way its bytes count against the expansion limit (ERRS1016)."""
@@ -446,11 +273,11 @@ class _Writer:
                 self.zout, _out_info(info), b"", self.archive, offset, info.file_size, info.CRC
             )
             return
-        with _reading_zip(), self.zin.open(info) as source, self._target(info) as target:
+        with reading_zip(), self.zin.open(info) as source, self._target(info) as target:
             self.budget.pump(source, target, member)
 
     def stamp_raw(
-        self, member: _Member, instance: Instance, offset: int, tag: BaseTag, vr: str, uid: str
+        self, member: Member, instance: Instance, offset: int, tag: BaseTag, vr: str, uid: str
     ) -> MemberIssue | None:
         """Stamp a stored member in place: new head, tail copied by the kernel, CRC derived."""
         info = member.info
@@ -478,7 +305,7 @@ class _Writer:
         return None
 
     def stamp(
-        self, member: _Member, instance: Instance, tag: BaseTag, vr: str, uid: str
+        self, member: Member, instance: Instance, tag: BaseTag, vr: str, uid: str
     ) -> MemberIssue | None:
         """Stamp one DICOM member; on failure carry it over unchanged and return the issue."""
         src, dst = self.work / "in.member", self.work / "out.member"
@@ -532,15 +359,15 @@ def process_zip(
     ``ValueError`` escapes when its answer lacks a series or holds an invalid UID, ``OSError`` for
     disk faults. The result's ``series`` counts what was stamped (see ``ProcessResult``).
     """
-    with _reading_zip():
+    with reading_zip():
         zin = zipfile.ZipFile(src)
     with zin, contextlib.ExitStack() as stack:
-        with _reading_zip():
+        with reading_zip():
             infos = zin.infolist()
         validate_directory(infos, limits)
         archive = stack.enter_context(open(src, "rb"))
         check_layout(archive, infos, zin.start_dir)
-        members = [_Member(position, info) for position, info in enumerate(infos, start=1)]
+        members = [Member(position, info) for position, info in enumerate(infos, start=1)]
         scan_budget = _Budget(limits.max_total_uncompressed)
         try:
             entries = [
@@ -579,7 +406,7 @@ def process_zip(
 
 def _write_members(
     writer: _Writer,
-    members: Sequence[_Member],
+    members: Sequence[Member],
     entries: Sequence[_Entry],
     duplicates: Mapping[int, MemberIssue],
     uids: Mapping[SeriesKey, str],
