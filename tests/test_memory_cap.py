@@ -211,6 +211,15 @@ def test_deflated_dataset_under_the_cap_is_still_rewritten(tmp_path: Path) -> No
     assert stamped.PixelData == bytes(4 * MIB)
 
 
+def test_a_deflated_dataset_counts_twice_against_the_cap(tmp_path: Path) -> None:
+    # Its rewrite holds the inflated bytes besides the dataset: 40 MiB inflated needs 80 of 64.
+    src, dst = tmp_path / "deflated.dcm", tmp_path / "out.dcm"
+    write_deflated(src, 40)
+    with pytest.raises(PermanentError) as refused:
+        process_upload(src, dst, _allocate, max_in_memory_bytes=64 * MIB)
+    assert refused.value.code == "ERRS1020" and not dst.exists()
+
+
 def test_zip_member_over_the_cap_is_the_members_issue(tmp_path: Path) -> None:
     big, small = tmp_path / "big.dcm", tmp_path / "small.dcm"
     write_irregular(big, 8, kind="no-meta", series="1.2.826.0.1.3680043.10.1234.20")
