@@ -5,6 +5,7 @@ Uses pydicom's bundled test files (local, no download) and files generated in ``
 
 from __future__ import annotations
 
+import io
 import shutil
 import struct
 import tracemalloc
@@ -637,3 +638,28 @@ def test_damaged_headers_only_raise_permanent_errors(
     assert (result.instances_stamped, result.issues) == (1, ())
     assert [s.number_of_instances for s in result.series] == [1]
     assert tracking_value(dst) == ATRIUID
+
+
+def _no_meta_copy(name: str) -> bytes:
+    """The dataset of ``name`` without preamble or file meta: only the full rewrite stamps it."""
+    dataset = read(data(name))
+    dataset.preamble = None
+    dataset.file_meta = FileMetaDataset()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["no-meta", "big-endian"])
+@pytest.mark.parametrize("padding", [2, 8, 512])
+def test_padding_after_an_irregular_file_is_padding_too(layout: str, padding: int, tmp_path: Path) -> None:
+    # Read by pydicom, eight zero bytes look like a (0000,0000) element, which it will not write.
+    body = (
+        _no_meta_copy("MR_small.dcm") if layout == "no-meta" else data("MR_small_bigendian.dcm").read_bytes()
+    )
+    src = tmp_path / "padded.dcm"
+    src.write_bytes(body + b"\0" * padding)
+    dst, _, result = stamp(src, tmp_path)
+    assert (result.instances_stamped, result.fallbacks, result.issues) == (1, 1, ())
+    assert tracking_value(dst) == ATRIUID
+    assert read(dst).PixelData == pydicom.dcmread(io.BytesIO(body), force=True).PixelData

@@ -117,6 +117,20 @@ def _carries(dataset: Dataset, tag: BaseTag, value: str) -> bool:
     return isinstance(found, str) and found.strip(" \0") == value
 
 
+def _drop_padding(dataset: Dataset) -> None:
+    """Forget what pydicom made of trailing zero padding: elements (0000,0000) of no value.
+
+    A file padded with zero bytes after its last element reads, eight bytes at a time, as
+    group-0000 elements; group 0000 (the DIMSE command group) never belongs in a stored dataset,
+    and pydicom refuses to write it. Padding is padding: the rewrite goes on without it.
+    """
+    for tag in [t for t in dataset.keys() if t == 0]:
+        element = dataset.get_item(tag, keep_deferred=True)
+        value = getattr(element, "value", None)
+        if not value or (isinstance(value, bytes) and not value.strip(b"\0")):
+            del dataset[tag]
+
+
 def rewrite_file(
     src: Path, dst: Path, tag: BaseTag, vr: str, value: str, *, max_in_memory_bytes: int
 ) -> None:
@@ -135,6 +149,7 @@ def rewrite_file(
             dataset = _read_full(src)
         except PermanentError as exc:  # the scan read it; failing now is a read during the insert
             raise fail("ERRS1009", exc.message) from None
+        _drop_padding(dataset)
         before = _pixel_digest(dataset)
         try:
             with quiet():
