@@ -124,11 +124,11 @@ def _drop_padding(dataset: Dataset) -> None:
     group-0000 elements; group 0000 (the DIMSE command group) never belongs in a stored dataset,
     and pydicom refuses to write it. Padding is padding: the rewrite goes on without it.
     """
-    for tag in [t for t in dataset.keys() if t == 0]:
-        element = dataset.get_item(tag, keep_deferred=True)
-        value = getattr(element, "value", None)
-        if not value or (isinstance(value, bytes) and not value.strip(b"\0")):
-            del dataset[tag]
+    if 0 not in dataset:
+        return
+    value = getattr(dataset.get_item(0, keep_deferred=True), "value", None)
+    if not value or (isinstance(value, bytes) and not value.strip(b"\0")):
+        del dataset[0]
 
 
 def rewrite_file(
