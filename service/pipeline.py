@@ -245,10 +245,12 @@ class ObjectHandler:
             metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
             # Reserved just before the upload: a job that fails earlier has no quarantine key. A
             # retry writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
+            check_fits_s3(name, metadata)  # before reserving: a refused job keeps no series rows
             bucket, destination = self._tracking.reserve_destination(
                 attempt.job.id, owner, self._options.destination_bucket, name
             )
-            check_fits_s3(destination, metadata)
+            if destination != name:  # reserved by an earlier attempt, under other EDC values
+                check_fits_s3(destination, metadata)
             placed = place_in_quarantine(
                 self._store, Path(tmp) / "output", bucket, destination, attempt.job.id, metadata, output
             )

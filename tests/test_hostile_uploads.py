@@ -4,21 +4,27 @@ refusals that are permanent and coded, and events that are not uploads left alon
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from service.cli import main
 from service.config import Settings
-from service.errors import ConfigError
+from service.errors import ConfigError, PermanentError
+from service.events import ObjectCreated
 from service.local.samples import bundled_file
+from service.quarantine import check_fits_s3, quarantine_metadata
+from service.s3io import Fingerprint
 from service.workspace import DiskSpace
 from tests.stackfixtures import TestStack, s3_event
 
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
 CT_KEY = "subjecteventcrffile/1/101/CT Scan/v1.dcm"  # EDC row 1001
 OTHER_KEY = "subjecteventcrffile/2/102/CT Scan/v1.zip"  # EDC row 1004
 SNS_LIMIT = 256 * 1024
@@ -199,3 +205,16 @@ def test_a_retry_writes_to_the_bucket_reserved_with_the_key(stack: TestStack) ->
     assert (job["status"], job["destination_bucket"]) == ("Completed", first_bucket)
     assert stack.keys(first_bucket) == [job["destination_key"]]
     assert stack.quarantine_keys() == []
+
+
+def test_metadata_past_s3s_2_kb_is_refused_with_its_code() -> None:
+    source = ObjectCreated(
+        "uploads", "subjecteventcrffile/1/101/CT Scan/" + "é" * 400 + ".dcm", None, "e", 1, T0
+    )
+    fingerprint = Fingerprint(1, "0" * 64)
+    metadata = quarantine_metadata(7, source, fingerprint, fingerprint)  # the key, quoted: 2.4 KB
+    with pytest.raises(PermanentError) as refused:
+        check_fits_s3("quarantine/short.dcm", metadata)
+    assert refused.value.code == "ERRL4005" and "metadata" in refused.value.message
+    short = dataclasses.replace(source, key="subjecteventcrffile/1/101/CT Scan/v1.dcm")
+    check_fits_s3("quarantine/short.dcm", quarantine_metadata(7, short, fingerprint, fingerprint))
