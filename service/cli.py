@@ -195,7 +195,7 @@ def _run_pipelines_list(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_stamp(args: argparse.Namespace, settings: Settings) -> int:
     from service.processors import process_upload
-    from service.processors.base import SeriesKey, SeriesSummary
+    from service.processors.base import SeriesKey, SeriesSummary, ZipLimits
     from service.processors.directory import member_label
     from service.s3io import file_fingerprint
 
@@ -214,6 +214,11 @@ def _run_stamp(args: argparse.Namespace, settings: Settings) -> int:
             args.output,
             allocate,
             tracking_tag=settings.dicom_tracking_tag,
+            # The worker's limits, so an operator's check answers as the worker would.
+            limits=ZipLimits(
+                settings.zip_max_members, settings.zip_max_expanded_bytes, settings.zip_max_ratio
+            ),
+            work_dir=settings.work_dir,
             max_in_memory_bytes=settings.max_in_memory_bytes,
         )
     except PermanentError as exc:

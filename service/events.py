@@ -98,9 +98,9 @@ def _parse_s3_records(records: Any) -> ParsedMessage:
             obj = s3["object"]
             objects.append(
                 ObjectCreated(
-                    bucket=str(s3["bucket"]["name"]),
+                    bucket=_name(s3["bucket"]["name"], "bucket name"),
                     key=_decode_key(obj["key"]),
-                    version_id=obj.get("versionId") or None,
+                    version_id=_optional_text(obj.get("versionId"), "versionId"),
                     etag=_clean_etag(obj.get("eTag")),
                     size=_optional_int(obj.get("size")),
                     event_time=_parse_time(record.get("eventTime")),
@@ -120,10 +120,10 @@ def _parse_eventbridge(document: dict[str, Any]) -> ParsedMessage:
         detail = document["detail"]
         obj = detail["object"]
         created = ObjectCreated(
-            bucket=str(detail["bucket"]["name"]),
+            bucket=_name(detail["bucket"]["name"], "bucket name"),
             # EventBridge keys are URL-encoded the same way as S3 notifications.
             key=_decode_key(obj["key"]),
-            version_id=obj.get("version-id") or None,
+            version_id=_optional_text(obj.get("version-id"), "version-id"),
             etag=_clean_etag(obj.get("etag")),
             size=_optional_int(obj.get("size")),
             event_time=_parse_time(document.get("time")),
@@ -135,14 +135,27 @@ def _parse_eventbridge(document: dict[str, Any]) -> ParsedMessage:
     return ParsedMessage(objects=(created,), ignored=0)
 
 
+def _name(raw: Any, what: str) -> str:
+    """A bucket name, key or version: a non-empty string with no control characters (a NUL would
+    fail the job's insert before any record could be written)."""
+    if not isinstance(raw, str) or not raw or not raw.isprintable():
+        raise MalformedMessageError(f"{what} is empty, not a string, or holds control characters")
+    return raw
+
+
+def _optional_text(raw: Any, what: str) -> str | None:
+    return None if raw is None or raw == "" else _name(raw, what)
+
+
 def _decode_key(raw: Any) -> str:
     if not isinstance(raw, str) or not raw:
         raise MalformedMessageError("object key is empty or not a string")
-    return unquote_plus(raw)
+    return _name(unquote_plus(raw), "object key")
 
 
 def _clean_etag(raw: Any) -> str | None:
-    return str(raw).strip('"') or None if raw else None
+    text = _optional_text(raw, "ETag")
+    return text.strip('"') or None if text else None
 
 
 def _optional_int(raw: Any) -> int | None:

@@ -309,8 +309,10 @@ class TrackingStore:
     ) -> None:
         """Failed (the file is not in quarantine), with its error rows, in one transaction.
 
-        Series rows go too, unless a quarantine key was reserved (an earlier attempt may have
-        written the object, which carries those ATRIUIDs; a redrive completes it).
+        Series rows go too, unless the job ran out of deliveries after its quarantine key was
+        reserved: an attempt may have written the object, which carries those ATRIUIDs, and a
+        redrive completes the job. A permanent failure (another job's object at the key, say)
+        keeps none.
         """
         with self._db.transaction() as cur:
             self._update_owned_in(
@@ -326,8 +328,8 @@ class TrackingStore:
             cur.execute(
                 "DELETE FROM pipeline.edc_pipeline_file_dicom d USING pipeline.edc_pipeline_file f"
                 " WHERE d.edc_pipeline_file_id = %s AND f.id = d.edc_pipeline_file_id"
-                " AND f.destination_key IS NULL",
-                (job_id,),
+                " AND (f.destination_key IS NULL OR f.error_code <> %s)",
+                (job_id, EXHAUSTED_CODE),
             )
             self._insert_errors(cur, job_id, errors, now)
 
@@ -400,7 +402,7 @@ class TrackingStore:
                         "job": job_id,
                         "study": summary.key.study_uid,
                         "series": summary.key.series_uid,
-                        "number": summary.series_number,
+                        "number": _as_integer_column(summary.series_number),
                         "count": summary.number_of_instances,
                     },
                 )
@@ -432,6 +434,12 @@ class TrackingStore:
             row = _one(cur.fetchone())
             names = [d[0] for d in cur.description or ()]
         return dict(zip(names, row, strict=True))
+
+
+def _as_integer_column(value: int | None) -> int | None:
+    """A Series Number (IS, up to 12 digits) as the ``integer`` column holds it: out of range is
+    unknown, never a refused statement that would retry the file until its deliveries run out."""
+    return value if value is not None and -(2**31) <= value < 2**31 else None
 
 
 def _job(row: tuple[Any, ...]) -> Job:

@@ -12,6 +12,7 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from service.cli import main
@@ -90,8 +91,12 @@ def test_a_tracking_tag_the_processor_cannot_use_stops_start_up(
         "[" * 100_000 + "]" * 100_000,  # nested past the recursion limit
         json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": ["x"]}}}]}),
         '{"Records": [{"eventName": "ObjectCreated:Put", "eventTime": 1e400}]}',
+        json.dumps(s3_event("b", "subjecteventcrffile/1/101/CT+Scan/v1%00.dcm", "abc")),
+        json.dumps(s3_event("b", "subjecteventcrffile/1/101/CT+Scan/v1.dcm", "abc")).replace(
+            '"eTag"', '"versionId": {"x": 1}, "eTag"'
+        ),
     ],
-    ids=["deep", "odd-shape", "infinite-time"],
+    ids=["deep", "odd-shape", "infinite-time", "nul-in-key", "version-not-a-string"],
 )
 def test_any_failure_to_parse_a_body_is_a_recorded_malformed_message(stack: TestStack, body: str) -> None:
     with stack.worker():
@@ -218,3 +223,18 @@ def test_metadata_past_s3s_2_kb_is_refused_with_its_code() -> None:
     assert refused.value.code == "ERRL4005" and "metadata" in refused.value.message
     short = dataclasses.replace(source, key="subjecteventcrffile/1/101/CT Scan/v1.dcm")
     check_fits_s3("quarantine/short.dcm", quarantine_metadata(7, short, fingerprint, fingerprint))
+
+
+def test_a_series_number_too_large_for_the_database_is_recorded_as_unknown(
+    stack: TestStack, tmp_path: Path
+) -> None:
+    dataset = pydicom.dcmread(bundled_file("CT_small.dcm"))
+    dataset.SeriesNumber = 999999999999  # a valid IS (12 digits), past PostgreSQL's integer
+    path = tmp_path / "big-number.dcm"
+    dataset.save_as(path)
+    with stack.worker():
+        stack.upload(CT_KEY, path)
+        (job,) = stack.wait_settled(1)
+    assert (job["status"], job["has_error"], job["attempts"]) == ("Completed", False, 1)
+    (series,) = stack.series()
+    assert series["series_number"] is None

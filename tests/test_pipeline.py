@@ -310,6 +310,7 @@ def test_existing_quarantine_object_of_another_job_is_never_overwritten(stack: T
         (job,) = stack.wait_settled(1)
     assert (job["id"], job["status"], job["error_code"]) == (1, "Failed", "ERRL4004")
     assert stack.read(stack.names.destination_bucket, key) == b"someone else's"
+    assert stack.series() == []  # no file carries this job's ATRIUIDs
 
 
 def test_malformed_message_never_stops_the_worker_and_reaches_the_dlq(short_stack: TestStack) -> None:

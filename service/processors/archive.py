@@ -185,10 +185,14 @@ def _stamped(series: Sequence[SeriesSummary], stamped: Mapping[SeriesKey, int]) 
 
 
 def _no_instance(entries: Sequence[_Entry]) -> PermanentError:
-    broken = [e.issue.code for e in entries if e.issue and e.issue.code in ("ERRS1002", "ERRS1014")]
+    broken = [
+        e.issue.code for e in entries if e.issue and e.issue.code in ("ERRS1002", "ERRS1014", "ERRS1020")
+    ]
     if broken:
         return fail(
-            broken[0], f"no member could be stamped: {len(broken)} DICOM member(s) are corrupt or lack UIDs"
+            broken[0],
+            f"no member could be stamped: {len(broken)} DICOM member(s) are corrupt, lack UIDs"
+            " or are too large for the in-memory rewrite",
         )
     return fail("ERRS1011", "zip archive contains no DICOM instance")
 
