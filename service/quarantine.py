@@ -27,7 +27,7 @@ class IntegrityRecord:
     """Size and SHA-256 of the source version read and of the quarantine object written."""
 
     source: Fingerprint
-    quarantine: Fingerprint
+    quarantine: Fingerprint | None  # None: an earlier attempt wrote it without the record
     s3_checksum: str | None  # S3's ChecksumSHA256 of the object, when it answered one
 
 
@@ -37,7 +37,7 @@ class Placement:
 
     bucket: str
     key: str
-    stored: Fingerprint  # of the object in quarantine (an earlier attempt's, if it wrote it)
+    stored: Fingerprint | None  # of the object in quarantine (an earlier attempt's, if it wrote it)
     s3_checksum: str | None
 
 
@@ -97,7 +97,9 @@ def place_in_quarantine(
         return Placement(bucket, key, output, receipt.s3_checksum)
     existing = store.head(bucket, key) or {}
     if existing.get(JOB_ID_METADATA) == str(job_id):
-        stored = output
+        # The record describes the object in quarantine, not this attempt's bytes: from its own
+        # metadata, or unknown (an object written by a release without the integrity record).
+        stored = None
         if existing.get(SHA256_METADATA) and existing.get("bytes", "").isdigit():
             stored = Fingerprint(int(existing["bytes"]), existing[SHA256_METADATA])
         log.info("quarantine.already_written", pipeline_file_id=job_id, same_bytes=stored == output)

@@ -238,3 +238,27 @@ def test_a_series_number_too_large_for_the_database_is_recorded_as_unknown(
     assert (job["status"], job["has_error"], job["attempts"]) == ("Completed", False, 1)
     (series,) = stack.series()
     assert series["series_number"] is None
+
+
+@pytest.mark.parametrize("with_record", [True, False], ids=["with-record", "older-release"])
+def test_an_object_an_earlier_attempt_wrote_is_recorded_as_it_is(stack: TestStack, with_record: bool) -> None:
+    # An earlier attempt of job 1 uploaded, then died before completing the job.
+    frozen = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+    key = "quarantine/Imaging_CTScan/Imaging_CTScan_P-001_SCREENING_101_1_1_20260501_120000.dcm"
+    metadata = {"pipeline-file-id": "1"}
+    if with_record:
+        metadata |= {"sha256": "ab" * 32, "bytes": "5"}
+    stack.client("s3").put_object(
+        Bucket=stack.names.destination_bucket, Key=key, Body=b"first", Metadata=metadata
+    )
+    with stack.worker(clock=lambda: frozen):
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1)
+    assert (job["status"], job["destination_key"]) == ("Completed", key)
+    assert stack.read(stack.names.destination_bucket, key) == b"first"  # never overwritten
+    expected = ("ab" * 32, 5) if with_record else (None, None)
+    assert (job["quarantine_sha256"], job["quarantine_bytes"], job["quarantine_s3_checksum"]) == (
+        *expected,
+        None,
+    )
+    assert '"quarantine.already_written"' in stack.log.getvalue()
