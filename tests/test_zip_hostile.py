@@ -66,6 +66,15 @@ def build_with_duplicates(path: Path, members: Sequence[Member]) -> Path:
         return build_zip(path, members)
 
 
+def refusal(src: Path, tmp_path: Path) -> pytest.ExceptionInfo[PermanentError]:
+    """The error that refuses the whole upload ``src`` (temporary files in a fresh work dir)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(PermanentError) as caught:
+        process_upload(src, tmp_path / "out.zip", Allocator(), work_dir=work)
+    return caught
+
+
 def stamped_uid(payload: bytes) -> str:
     return str(read(payload)[TRACKING].value)
 
@@ -97,10 +106,7 @@ def test_member_starting_inside_another_members_data_is_errs1016(tmp_path: Path)
     src.write_bytes(body + directory + end_record(2, directory, len(body)))
     with zipfile.ZipFile(src) as archive:
         assert [i.header_offset for i in archive.infolist()] == [0, inner]
-    work = tmp_path / "work"
-    work.mkdir()
-    with pytest.raises(PermanentError) as caught:
-        process_upload(src, tmp_path / "out.zip", Allocator(), work_dir=work)
+    caught = refusal(src, tmp_path)
     assert caught.value.code == "ERRS1016"
     assert caught.value.message == "1 of 2 zip member(s) overlap another member"
 
@@ -168,10 +174,7 @@ def test_archive_refusal_names_the_member_by_position_only(tmp_path: Path) -> No
         tmp_path / "outer.zip",
         [("IM0.dcm", data("MR_small.dcm"), 8), ("ROE^JANE.19650312", inner, zipfile.ZIP_DEFLATED)],
     )
-    work = tmp_path / "work"
-    work.mkdir()
-    with pytest.raises(PermanentError) as caught:
-        process_upload(src, tmp_path / "out.zip", Allocator(), work_dir=work)
+    caught = refusal(src, tmp_path)
     assert caught.value.code == "ERRS1017"
     assert caught.value.message == "member #2 is a nested archive"
 
