@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
@@ -619,6 +619,9 @@ _MR_SMALL = data("MR_small.dcm").read_bytes()
     flips=st.lists(st.tuples(st.integers(0, 1600), st.integers(0, 255)), min_size=1, max_size=8),
     cut=st.integers(200, len(_MR_SMALL)),
 )
+# A meta element whose VR bytes are not a VR: pydicom reads the group as implicit VR and the
+# dataset vanishes into one element's value, so a splice there would stamp what no reader sees.
+@example(flips=[(322, 0)], cut=9830)
 def test_damaged_headers_only_raise_permanent_errors(
     flips: list[tuple[int, int]], cut: int, tmp_path: Path
 ) -> None:

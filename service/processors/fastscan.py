@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from pydicom.tag import BaseTag
 
-from service.processors.layout import Layout, StructureError, walk_dataset
+from service.processors.layout import LONG_VR_BYTES, VR_BYTES, Layout, StructureError, walk_dataset
 from service.processors.reading import BIG_ENDIAN, DEFLATED, IMPLICIT_LITTLE, fail
 
 TRANSFER_SYNTAX = 0x00020010
@@ -54,7 +54,11 @@ def read_meta_syntax(fp: BinaryIO, size: int) -> tuple[str, int] | None:
         group, element, vr, length = _META_HEADER.unpack(raw[:8])
         if group != 0x0002:
             break
-        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR", b"OF", b"OD", b"OL", b"OV", b"SV", b"UV"):
+        if vr not in VR_BYTES:
+            # pydicom (and so the labs' readers) would take this meta group for implicit VR and
+            # read a length out of the VR bytes: leave the file to the thorough scan to classify.
+            return None
+        if vr in LONG_VR_BYTES:
             if len(raw) < 12:
                 return None
             (length,) = struct.unpack("<L", raw[8:12])

@@ -36,8 +36,8 @@ _META_GROUP = 0x0002
 # until the interpreter's stack runs out.
 _MAX_DEPTH = 24
 
-_VR_BYTES = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
-_LONG_VR_BYTES = frozenset(str(vr).encode("ascii") for vr in EXPLICIT_VR_LENGTH_32)
+VR_BYTES = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
+LONG_VR_BYTES = frozenset(str(vr).encode("ascii") for vr in EXPLICIT_VR_LENGTH_32)
 
 
 class StructureError(Exception):
@@ -159,9 +159,9 @@ class _Walker:
             # Items and delimiters never carry a VR; report them as the tag + 4-byte length form.
             group, elem, length = self._tag_length.unpack(raw)
             return group << 16 | elem, None, length
-        if vr not in _VR_BYTES:
+        if vr not in VR_BYTES:
             raise IrregularError
-        if vr in _LONG_VR_BYTES:
+        if vr in LONG_VR_BYTES:
             (length,) = self._long.unpack(self.read(4))
         return group << 16 | elem, vr, length
 
@@ -174,7 +174,7 @@ class _Walker:
             return False
         finally:
             self._position = start
-        return raw[4:6] in _VR_BYTES
+        return raw[4:6] in VR_BYTES
 
     def items(self, implicit: bool, depth: int, *, unknown: bool = False) -> None:
         """Skip the items of an undefined-length value, up to and including its delimiter."""
