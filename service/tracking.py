@@ -146,14 +146,18 @@ class TrackingStore:
         with self._db.transaction() as cur:
             cur.execute(
                 "INSERT INTO pipeline.edc_pipeline_file (edc_pipeline_id, source_bucket, source_key,"
-                " source_version, source_size, event_time, file_name, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT ON CONSTRAINT edc_pipeline_file_one_job_per_version DO NOTHING",
+                " source_version, source_version_id, source_etag, source_size, event_time, file_name,"
+                " created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (source_bucket, source_key, source_version) WHERE reprocess_of IS NULL"
+                " DO NOTHING",
                 (
                     pipeline.id,
                     obj.bucket,
                     obj.key,
                     obj.version_or_etag,
+                    obj.version_id,
+                    obj.etag,
                     obj.size,
                     obj.event_time,
                     file_name,
@@ -163,7 +167,8 @@ class TrackingStore:
             )
             cur.execute(
                 f"SELECT {_JOB_COLUMNS} FROM pipeline.edc_pipeline_file"
-                " WHERE source_bucket = %s AND source_key = %s AND source_version = %s",
+                " WHERE source_bucket = %s AND source_key = %s AND source_version = %s"
+                " AND reprocess_of IS NULL",
                 (obj.bucket, obj.key, obj.version_or_etag),
             )
             return _job(_one(cur.fetchone()))
