@@ -12,6 +12,7 @@ from types import FrameType
 
 import structlog
 
+from service import redrive
 from service.config import Settings
 from service.errors import ConfigError, PermanentError
 from service.logs import configure_logging
@@ -106,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--no-demo", action="store_true", help="start the stack without uploading samples")
     local.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the demo jobs")
     local.set_defaults(run=_run_local)
+
+    redrive.register(commands)
     return parser
 
 

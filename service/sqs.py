@@ -1,11 +1,12 @@
-"""SQS adapter: receive, delete and change visibility in batches of up to 10, with retries."""
+"""SQS adapter: receive, delete, send and change visibility in batches of up to 10, with retries;
+the queue attributes the worker and the redrive read; SQS's own message move tasks."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 import structlog
@@ -19,6 +20,9 @@ log = structlog.get_logger()
 
 MAX_BATCH = 10
 MAX_VISIBILITY_S = 43_200  # SQS's ceiling
+# SendMessageBatch refuses a request whose bodies and attributes pass 256 KiB in all
+# (BatchRequestTooLong), whatever the queue's MaximumMessageSize; one large message goes alone.
+MAX_BATCH_PAYLOAD = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,8 @@ class Message:
     receipt_handle: str
     body: str
     receive_count: int
+    sent_at_ms: int | None = None  # SentTimestamp: when the message was first sent (epoch ms)
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # MessageAttributes, as SQS gives them
 
 
 class Queue:
@@ -46,7 +52,8 @@ class Queue:
             MaxNumberOfMessages=max(1, min(MAX_BATCH, max_messages)),
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_s,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=["All"],
         )
         return [
             Message(
@@ -54,22 +61,28 @@ class Queue:
                 receipt_handle=m["ReceiptHandle"],
                 body=m.get("Body", ""),
                 receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
+                sent_at_ms=_optional_int(m.get("Attributes", {}).get("SentTimestamp")),
+                attributes=dict(m.get("MessageAttributes", {})),
             )
             for m in response.get("Messages", [])
         ]
 
-    def delete(self, messages: Sequence[Message]) -> None:
-        """Delete messages in batches; a failed entry is logged (it will be delivered again)."""
+    def delete(self, messages: Sequence[Message]) -> list[Message]:
+        """Delete messages in batches; a failed entry is logged (it will be delivered again) and
+        returned."""
+        not_deleted: list[Message] = []
         for start in range(0, len(messages), MAX_BATCH):
             batch = messages[start : start + MAX_BATCH]
             entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)]
             response = self._delete_batch(entries)
             for failed in response.get("Failed", []):
+                not_deleted.append(batch[int(failed["Id"])])
                 log.warning(
                     "sqs.delete_failed",
                     message_id=batch[int(failed["Id"])].message_id,
                     code=failed.get("Code"),
                 )
+        return not_deleted
 
     def change_visibility(self, messages: Sequence[tuple[Message, int]]) -> None:
         """Set each message's visibility timeout (seconds from now), in batches."""
@@ -119,5 +132,160 @@ class Queue:
 
     @aws_retry
     def send(self, body: str) -> str:
-        """Send one message (redrive and tests); return its id."""
+        """Send one message (tests); return its id."""
         return self._sqs.send_message(QueueUrl=self.url, MessageBody=body)["MessageId"]
+
+    @aws_retry
+    def read_attributes(self, names: Sequence[str]) -> dict[str, str]:
+        """The queue's attributes ``names`` (those SQS has); raises ``ClientError`` (e.g. no such queue)."""
+        response = self._sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=list(names))  # type: ignore[arg-type]
+        return {str(name): value for name, value in response.get("Attributes", {}).items()}
+
+    def send_copies(self, messages: Sequence[Message]) -> SendResult:
+        """Send a copy of each message (body and message attributes) in one SendMessageBatch call.
+
+        ``messages`` must fit one request (see ``send_groups``). An entry SQS refuses is in
+        ``failed``; a call that fails as a whole (after the retries) raises.
+        """
+        entries: list[dict[str, Any]] = []
+        for i, m in enumerate(messages):
+            entry: dict[str, Any] = {"Id": str(i), "MessageBody": m.body}
+            if m.attributes:
+                entry["MessageAttributes"] = {name: _attribute_value(v) for name, v in m.attributes.items()}
+            entries.append(entry)
+        response = self._send_batch(entries)
+        sent = {messages[int(ok["Id"])].message_id: ok["MessageId"] for ok in response.get("Successful", [])}
+        failed = {
+            messages[int(bad["Id"])].message_id: bad.get("Code", "?") for bad in response.get("Failed", [])
+        }
+        # An entry in neither list was not confirmed: treat it as not sent (it stays where it is).
+        for m in messages:
+            if m.message_id not in sent and m.message_id not in failed:
+                failed[m.message_id] = "NotConfirmed"
+        return SendResult(sent, failed)
+
+    @aws_retry
+    def _send_batch(self, entries: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+        return self._sqs.send_message_batch(QueueUrl=self.url, Entries=entries)  # type: ignore[arg-type,return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What one SendMessageBatch did, by the original messages' ids."""
+
+    sent: dict[str, str]  # original message id -> the new message's id
+    failed: dict[str, str]  # original message id -> SQS's error code for the entry
+
+
+def send_groups(messages: Sequence[Message]) -> list[list[Message]]:
+    """Split ``messages`` into groups that each fit one SendMessageBatch (count and payload size)."""
+    groups: list[list[Message]] = []
+    size = 0
+    for m in messages:
+        weight = len(m.body.encode()) + len(json.dumps(dict(m.attributes), default=str).encode())
+        if not groups or len(groups[-1]) == MAX_BATCH or size + weight > MAX_BATCH_PAYLOAD:
+            groups.append([])
+            size = 0
+        groups[-1].append(m)
+        size += weight
+    return groups
+
+
+def _attribute_value(received: Mapping[str, Any]) -> dict[str, Any]:
+    # A received attribute also carries the reserved, empty StringListValues/BinaryListValues.
+    return {k: v for k, v in received.items() if k in ("DataType", "StringValue", "BinaryValue")}
+
+
+def _optional_int(raw: object) -> int | None:
+    try:
+        return int(str(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+# -- SQS's own redrive: message move tasks ------------------------------------------------------
+
+# What an endpoint answers when it lacks the move-task API: moto's server fails with HTTP 500
+# (NotImplementedError behind it); other emulators name the action unknown or unsupported.
+_UNSUPPORTED_CODES = frozenset(
+    {
+        "InternalFailure",
+        "InternalError",
+        "UnsupportedOperation",
+        "AWS.SimpleQueueService.UnsupportedOperation",
+        "InvalidAction",
+        "UnknownOperation",
+        "UnknownOperationException",
+        "NotImplemented",
+        "NotImplementedException",
+    }
+)
+
+
+class MoveTaskUnsupportedError(Exception):
+    """The endpoint has no (working) message move task API; the text names the call and the code."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTask:
+    """One message move task as ListMessageMoveTasks describes it."""
+
+    status: str  # RUNNING | COMPLETED | CANCELLING | CANCELLED | FAILED
+    handle: str | None  # SQS gives the handle of RUNNING tasks only
+    moved: int  # ApproximateNumberOfMessagesMoved
+    to_move: int | None  # ApproximateNumberOfMessagesToMove (absent once the task has ended)
+    destination_arn: str | None
+    failure_reason: str | None = None
+    started_at_ms: int | None = None
+
+
+class MoveTasks:
+    """StartMessageMoveTask / ListMessageMoveTasks, for one source queue (a dead-letter queue)."""
+
+    def __init__(self, client: SQSClient, source_arn: str) -> None:
+        self._sqs = client
+        self.source_arn = source_arn
+
+    @aws_retry
+    def start(self, destination_arn: str) -> str:
+        """Start moving every message to ``destination_arn``; return the task handle.
+        Raises ``MoveTaskUnsupportedError`` where the API does not exist."""
+        try:
+            response = self._sqs.start_message_move_task(
+                SourceArn=self.source_arn, DestinationArn=destination_arn
+            )
+        except botocore.exceptions.ClientError as exc:
+            _raise_if_unsupported("StartMessageMoveTask", exc)
+            raise
+        return response["TaskHandle"]
+
+    @aws_retry
+    def recent(self) -> list[MoveTask]:
+        """The queue's most recent tasks (up to 10, newest first).
+        Raises ``MoveTaskUnsupportedError`` where the API does not exist."""
+        try:
+            response = self._sqs.list_message_move_tasks(SourceArn=self.source_arn, MaxResults=10)
+        except botocore.exceptions.ClientError as exc:
+            _raise_if_unsupported("ListMessageMoveTasks", exc)
+            raise
+        return [
+            MoveTask(
+                status=str(r.get("Status", "UNKNOWN")),
+                handle=r.get("TaskHandle"),
+                moved=int(r.get("ApproximateNumberOfMessagesMoved", 0)),
+                to_move=_optional_int(r.get("ApproximateNumberOfMessagesToMove")),
+                destination_arn=r.get("DestinationArn"),
+                failure_reason=r.get("FailureReason"),
+                started_at_ms=_optional_int(r.get("StartedTimestamp")),
+            )
+            for r in response.get("Results", [])
+        ]
+
+
+def _raise_if_unsupported(call: str, exc: botocore.exceptions.ClientError) -> None:
+    # Raised inside the retried call, so aws_retry does not spend its attempts on a missing API.
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _UNSUPPORTED_CODES or status in (500, 501):
+        named = f" {code}" if code and code != str(status) else ""
+        raise MoveTaskUnsupportedError(f"{call} answered HTTP {status}{named}") from None
