@@ -135,7 +135,7 @@ class Output:
     def say(self, text: str) -> None:
         print(text, file=self.report, flush=True)
 
-    def list(self, fields: dict[str, Any]) -> None:
+    def peeked(self, fields: dict[str, Any]) -> None:
         print(json.dumps(fields), file=self.listing, flush=True)
 
 
@@ -222,7 +222,7 @@ def run_native(
     with _aws_step(f"ListMessageMoveTasks for {pair.dlq_url}"):
         before = tasks.recent()
     running = next((t for t in before if t.status == "RUNNING" and t.handle), None)
-    if running is not None and running.handle:
+    if running and running.handle:
         out.say(
             f"redrive: a move task is already running for {pair.dlq_url} (task {running.handle}): "
             "not starting a second; following it"
@@ -433,7 +433,7 @@ def peek(dlq: Queue, pair: QueuePair, limit: int, out: Output) -> Summary:
                 break
             for m in fresh:
                 seen.add(m.message_id)
-                out.list(
+                out.peeked(
                     {
                         "dlq_message_id": m.message_id,
                         "receive_count": m.receive_count,
@@ -567,14 +567,16 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     # stdout may carry the audit records: log lines (retries, ...) go to stderr.
     configure_logging(settings.log_level, settings.log_format, stream=sys.stderr)
     audit_file: TextIO | None = None
-    if args.audit is not None:
+    if args.audit is not None and not args.dry_run:  # a dry run moves nothing, so records nothing
         try:
             audit_file = open(args.audit, "a", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as exc:
             print(f"redrive: cannot open the audit file {args.audit}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
     out = Output(
-        audit=audit_file or sys.stdout, report=sys.stdout if audit_file else sys.stderr, listing=sys.stdout
+        audit=audit_file or sys.stdout,
+        report=sys.stdout if args.audit is not None else sys.stderr,
+        listing=sys.stdout,
     )
     options = RedriveOptions(max_messages=args.max_messages, dry_run=args.dry_run)
     try:

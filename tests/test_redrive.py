@@ -1,0 +1,505 @@
+"""``redrive``: DLQ -> source queue, on moto's server (manual path: moto lacks the move-task API)
+and, for SQS's native move task, against a small fake of the two calls it makes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from service.cli import main
+from service.local.samples import bundled_file
+from service.redrive import Output, RedriveOptions, redrive
+from service.sqs import Message, Queue, send_groups
+from tests.stackfixtures import TestStack, s3_event
+
+CT_KEY = "subjecteventcrffile/1/101/CT Scan/v1.dcm"
+NOT_JSON = "this is not an event"
+POISON_SEND = "a body the source queue refuses"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _event_bodies(stack: TestStack, n: int) -> list[str]:
+    return [
+        json.dumps(
+            s3_event(stack.names.source_bucket, f"subjecteventcrffile/1/101/CT+Scan/v{i}.dcm", f"e{i}")
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+def _fill_dlq(stack: TestStack, bodies: list[str], **send: Any) -> list[str]:
+    """Send ``bodies`` straight to the DLQ (as if their deliveries had run out); return their ids."""
+    sqs = stack.client("sqs")
+    return [
+        sqs.send_message(QueueUrl=stack.env["PIPELINE_DLQ_URL"], MessageBody=body, **send)["MessageId"]
+        for body in bodies
+    ]
+
+
+def _drain(stack: TestStack, setting: str) -> list[dict[str, Any]]:
+    """Every message of a queue (deleted as read)."""
+    sqs = stack.client("sqs")
+    found: list[dict[str, Any]] = []
+    while True:
+        messages = sqs.receive_message(
+            QueueUrl=stack.env[setting],
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=60,
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not messages:
+            return found
+        for m in messages:
+            found.append(m)
+            sqs.delete_message(QueueUrl=stack.env[setting], ReceiptHandle=m["ReceiptHandle"])
+
+
+def _visible(stack: TestStack, setting: str) -> int:
+    attributes = stack.client("sqs").get_queue_attributes(
+        QueueUrl=stack.env[setting], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+@pytest.fixture
+def dlq_stack(stack: TestStack) -> TestStack:
+    """The stack with its source queue emptied (moto put an s3:TestEvent there at provisioning)."""
+    _drain(stack, "PIPELINE_QUEUE_URL")
+    return stack
+
+
+# -- the manual path on moto's server -------------------------------------------------------------
+
+
+def test_every_message_goes_back_unchanged_and_the_dlq_is_emptied(
+    dlq_stack: TestStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = dlq_stack
+    bodies = [*_event_bodies(stack, 3), NOT_JSON]
+    dlq_ids = _fill_dlq(stack, bodies)
+    (tagged,) = _fill_dlq(
+        stack, ["tagged"], MessageAttributes={"origin": {"DataType": "String", "StringValue": "s3"}}
+    )
+    audit = tmp_path / "audit.jsonl"
+
+    assert main(["redrive", "--audit", str(audit)], stack.env) == 0
+
+    captured = capsys.readouterr()
+    report = captured.out.splitlines()
+    # moto answers HTTP 500 for the move-task API: detected, and said in one line.
+    assert any("native move task unavailable" in line and "manual path" in line for line in report)
+    assert report[-1].startswith("redrive: moved 5, failed 0 (left in the DLQ), skipped 0, path manual, ")
+    assert stack.queue_depth("PIPELINE_DLQ_URL") == 0
+    moved = _drain(stack, "PIPELINE_QUEUE_URL")
+    assert Counter(m["Body"] for m in moved) == Counter([*bodies, "tagged"])
+    (copy,) = [m for m in moved if m["Body"] == "tagged"]
+    assert copy["MessageAttributes"]["origin"]["StringValue"] == "s3"
+
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert len(lines) == 5
+    by_id = {line["dlq_message_id"]: line for line in lines}
+    assert set(by_id) == {*dlq_ids, tagged}
+    assert {line["message_id"] for line in lines} == {m["MessageId"] for m in moved}
+    for dlq_id, body in zip(dlq_ids, bodies, strict=True):
+        line = by_id[dlq_id]
+        assert (line["record"], line["outcome"], line["dlq_deleted"], line["error"]) == (
+            "redrive.message",
+            "moved",
+            True,
+            None,
+        )
+        assert line["body_md5"] == hashlib.md5(body.encode(), usedforsecurity=False).hexdigest()
+        assert line["receive_count"] >= 1 and line["sent_at"].endswith("Z") and line["moved_at"].endswith("Z")
+    assert by_id[dlq_ids[0]]["keys"] == ["subjecteventcrffile/1/101/CT Scan/v1.dcm"]
+    assert by_id[dlq_ids[3]]["keys"] is None  # not an event: moved all the same
+    text = audit.read_text()
+    assert all(body not in text for body in bodies)  # never a message body
+
+
+def test_without_audit_file_the_records_go_to_stdout_and_the_report_to_stderr(
+    dlq_stack: TestStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill_dlq(dlq_stack, _event_bodies(dlq_stack, 2))
+    assert main(["redrive"], dlq_stack.env) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["outcome"] for r in records] == ["moved", "moved"]
+    assert captured.err.splitlines()[-1].startswith("redrive: moved 2, failed 0")
+
+
+def test_max_moves_exactly_that_many(dlq_stack: TestStack, capsys: pytest.CaptureFixture[str]) -> None:
+    stack = dlq_stack
+    _fill_dlq(stack, _event_bodies(stack, 5))
+    assert main(["redrive", "--max", "2"], stack.env) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2
+    assert "native" not in captured.err  # --max goes the manual way without asking
+    assert len(_drain(stack, "PIPELINE_QUEUE_URL")) == 2
+    assert _visible(stack, "PIPELINE_DLQ_URL") == 3
+
+
+def test_dry_run_lists_without_moving_and_leaves_the_depth_unchanged(
+    dlq_stack: TestStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = dlq_stack
+    bodies = [*_event_bodies(stack, 3), NOT_JSON]
+    _fill_dlq(stack, bodies)
+    assert main(["redrive", "--dry-run"], stack.env) == 0
+    captured = capsys.readouterr()
+    listed = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(listed) == 4 and all(body not in captured.out for body in bodies)
+    assert [item["keys"] for item in listed].count(None) == 1
+    assert "4 message(s)" in captured.err and "nothing moved" in captured.err.splitlines()[-1]
+    # Peeked messages were released at once: all visible, none sent.
+    assert _visible(stack, "PIPELINE_DLQ_URL") == 4
+    assert stack.queue_depth() == 0
+
+    assert main(["redrive", "--dry-run", "--max", "2"], stack.env) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert _visible(stack, "PIPELINE_DLQ_URL") == 4
+
+
+def test_a_queue_that_is_not_the_source_queues_dlq_is_refused(
+    dlq_stack: TestStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = dlq_stack
+    other = stack.client("sqs").create_queue(QueueName=f"{stack.names.queue}-other")["QueueUrl"]
+    stack.client("sqs").send_message(QueueUrl=other, MessageBody="stays")
+    assert main(["redrive"], {**stack.env, "PIPELINE_DLQ_URL": other}) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"PIPELINE_DLQ_URL {other} is not the dead-letter queue of PIPELINE_QUEUE_URL" in line
+    assert "its redrive policy names" in line
+    # A source queue without a redrive policy (the DLQ itself, say) is refused the same way.
+    env = {**stack.env, "PIPELINE_QUEUE_URL": stack.env["PIPELINE_DLQ_URL"]}
+    assert main(["redrive", "--max", "1"], env) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("that queue has no redrive policy")
+    assert stack.client("sqs").receive_message(QueueUrl=other)["Messages"][0]["Body"] == "stays"
+
+
+def test_a_queue_that_does_not_exist_is_one_line(
+    dlq_stack: TestStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = dlq_stack.env["PIPELINE_DLQ_URL"] + "-gone"
+    assert main(["redrive"], {**dlq_stack.env, "PIPELINE_DLQ_URL": missing}) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"redrive: reading the attributes of PIPELINE_DLQ_URL {missing} failed: ")
+    assert "testing" not in line  # never a credential
+
+
+@pytest.mark.parametrize("unset", ["PIPELINE_DLQ_URL", "PIPELINE_QUEUE_URL"])
+def test_a_missing_queue_setting_is_one_line_naming_it(
+    dlq_stack: TestStack, capsys: pytest.CaptureFixture[str], unset: str
+) -> None:
+    env = {k: v for k, v in dlq_stack.env.items() if k != unset}
+    assert main(["redrive"], env) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"configuration error: missing setting {unset}")
+
+
+def test_max_must_be_a_positive_number(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["redrive", "--max", "0"], {})
+    assert exit_info.value.code == 2
+    assert "--max: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_message_whose_send_failed_stays_in_the_dlq(
+    dlq_stack: TestStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = dlq_stack
+    bodies = [*_event_bodies(stack, 3), POISON_SEND]
+    (*_, poison_id) = _fill_dlq(stack, bodies)
+    real_send = Queue._send_batch
+
+    def refuse_one(self: Queue, entries: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+        refused = [e for e in entries if e["MessageBody"] == POISON_SEND]
+        response = (
+            real_send(self, [e for e in entries if e not in refused]) if len(refused) < len(entries) else {}
+        )
+        failed = [{"Id": e["Id"], "Code": "InternalError", "SenderFault": "false"} for e in refused]
+        return {"Successful": response.get("Successful", []), "Failed": failed}
+
+    monkeypatch.setattr(Queue, "_send_batch", refuse_one)
+    audit = tmp_path / "audit.jsonl"
+
+    assert main(["redrive", "--audit", str(audit)], stack.env) == 1
+
+    report = capsys.readouterr().out.splitlines()
+    assert f"redrive: message {poison_id} was not sent (InternalError); it stays in the DLQ" in report
+    assert report[-1].startswith("redrive: moved 3, failed 1 (left in the DLQ)")
+    assert sorted(m["Body"] for m in _drain(stack, "PIPELINE_QUEUE_URL")) == sorted(bodies[:3])
+    # Released at the end of the run: visible again at once, for the next redrive.
+    assert _visible(stack, "PIPELINE_DLQ_URL") == 1
+    (left,) = _drain(stack, "PIPELINE_DLQ_URL")
+    assert (left["MessageId"], left["Body"]) == (poison_id, POISON_SEND)
+    records = {r["dlq_message_id"]: r for r in map(json.loads, audit.read_text().splitlines())}
+    assert len(records) == 4
+    assert (records[poison_id]["outcome"], records[poison_id]["message_id"]) == ("not_sent", None)
+    assert (records[poison_id]["error"], records[poison_id]["dlq_deleted"]) == ("InternalError", False)
+
+
+def test_a_refused_batch_stops_the_run_and_deletes_nothing(
+    dlq_stack: TestStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = dlq_stack
+    _fill_dlq(stack, _event_bodies(stack, 3))
+
+    def denied(self: Queue, entries: list[dict[str, Any]]) -> None:
+        error = {
+            "Error": {"Code": "AccessDenied", "Message": "not allowed"},
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        }
+        raise botocore.exceptions.ClientError(error, "SendMessageBatch")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Queue, "_send_batch", denied)
+    assert main(["redrive", "--max", "3"], stack.env) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert any(
+        line.startswith("redrive stopped: SendMessageBatch to ") and "AccessDenied" in line for line in err
+    )
+    assert err[-1].startswith("redrive: moved 0, failed 3")
+    assert _visible(stack, "PIPELINE_DLQ_URL") == 3
+    assert stack.queue_depth() == 0
+
+
+def test_messages_sent_back_to_the_dlq_meanwhile_cannot_keep_the_run_going(
+    dlq_stack: TestStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The worst case of a worker failing redriven messages at once: every copy lands in the DLQ
+    again. The run still ends after the DLQ's depth at the start."""
+    stack = dlq_stack
+    _fill_dlq(stack, _event_bodies(stack, 3))
+    real_send = Queue._send_batch
+    dlq_url = stack.env["PIPELINE_DLQ_URL"]
+
+    def back_to_the_dlq(self: Queue, entries: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+        return real_send(Queue(self._sqs, dlq_url), entries)
+
+    monkeypatch.setattr(Queue, "_send_batch", back_to_the_dlq)
+    assert main(["redrive"], stack.env) == 0
+    assert capsys.readouterr().err.splitlines()[-1].startswith("redrive: moved 3, failed 0")
+    assert _visible(stack, "PIPELINE_DLQ_URL") == 3  # the three new copies, left for another run
+
+
+def test_a_message_received_twice_in_one_run_is_moved_once(
+    dlq_stack: TestStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQS delivers at least once: a message seen again in the same run is skipped, not re-sent."""
+    stack = dlq_stack
+    bodies = _event_bodies(stack, 12)
+    _fill_dlq(stack, bodies)
+    real_receive = Queue.receive
+    first: list[Message] = []
+
+    def receive_with_a_repeat(
+        self: Queue, max_messages: int, wait_s: int, visibility_s: int
+    ) -> list[Message]:
+        batch = real_receive(self, max_messages, wait_s, visibility_s)
+        if first:
+            return [first[0], *batch]  # the first batch's first message, delivered again
+        first.extend(batch)
+        return batch
+
+    monkeypatch.setattr(Queue, "receive", receive_with_a_repeat)
+    assert main(["redrive"], stack.env) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1].startswith(
+        "redrive: moved 12, failed 0 (left in the DLQ), skipped 1"
+    )
+    assert len(captured.out.splitlines()) == 12
+    assert sorted(m["Body"] for m in _drain(stack, "PIPELINE_QUEUE_URL")) == sorted(bodies)
+    assert stack.queue_depth("PIPELINE_DLQ_URL") == 0
+
+
+def test_send_groups_keep_each_batch_within_ten_messages_and_256_kib() -> None:
+    def message(n: int, size: int) -> Message:
+        return Message(f"m{n}", f"r{n}", "x" * size, 1)
+
+    small = [message(n, 100) for n in range(23)]
+    assert [len(g) for g in send_groups(small)] == [10, 10, 3]
+    large = [message(n, 100 * 1024) for n in range(5)]  # 100 KiB each: two fit a request
+    assert [len(g) for g in send_groups(large)] == [2, 2, 1]
+    assert [len(g) for g in send_groups([message(0, 300 * 1024), message(1, 10)])] == [1, 1]
+
+
+# -- end to end: a job failed by exhausted deliveries completes after the redrive ------------------
+
+
+def test_a_redriven_errl8003_job_completes_with_one_quarantine_object(
+    short_stack: TestStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.s3io import ObjectStore
+
+    real_download = ObjectStore._download
+
+    def unreachable(*_args: object) -> None:
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://s3.example")
+
+    stack = short_stack
+    monkeypatch.setattr(ObjectStore, "_download", unreachable)
+    with stack.worker():
+        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+        (job,) = stack.wait_settled(1, timeout=40)
+        stack.wait_for(lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="DLQ")
+    assert (job["status"], job["error_code"]) == ("Failed", "ERRL8003")
+    monkeypatch.setattr(ObjectStore, "_download", real_download)  # the outage is over
+
+    assert main(["redrive"], stack.env) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["keys"] == [CT_KEY]
+    assert stack.queue_depth("PIPELINE_DLQ_URL") == 0
+
+    with stack.worker():
+        stack.wait_for(lambda: stack.jobs()[0]["status"] == "Completed", timeout=30, what="completed")
+        stack.wait_for(lambda: stack.queue_depth() == 0, timeout=30, what="message acknowledged")
+    (job,) = stack.jobs()
+    assert (job["status"], job["has_error"], job["error_code"]) == ("Completed", False, None)
+    assert len(stack.quarantine_keys()) == 1
+
+
+# -- the native path, against a fake of the move-task calls ---------------------------------------
+
+DLQ_URL, SOURCE_URL = "https://sqs.example/1/pipeline-dlq", "https://sqs.example/1/pipeline"
+DLQ_ARN, SOURCE_ARN = "arn:aws:sqs:eu-west-1:1:pipeline-dlq", "arn:aws:sqs:eu-west-1:1:pipeline"
+
+
+def _task(status: str, moved: int, to_move: int | None = 7, **extra: Any) -> dict[str, Any]:
+    task = {
+        "Status": status,
+        "SourceArn": DLQ_ARN,
+        "DestinationArn": SOURCE_ARN,
+        "ApproximateNumberOfMessagesMoved": moved,
+        "StartedTimestamp": extra.pop("started", 2000),
+        **extra,
+    }
+    if to_move is not None:
+        task["ApproximateNumberOfMessagesToMove"] = to_move
+    if status == "RUNNING":
+        task.setdefault("TaskHandle", "task-1")
+    return task
+
+
+class FakeMoveTaskSqs:
+    """The SQS calls of the native path: queue attributes, and scripted ListMessageMoveTasks answers
+    (the first describes the queue before the run; the last repeats)."""
+
+    def __init__(self, *listings: list[dict[str, Any]], depth: int = 7) -> None:
+        self.listings = list(listings)
+        self.depth = depth
+        self.started: list[tuple[str, str]] = []
+
+    def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:  # noqa: N803
+        if QueueUrl == DLQ_URL:
+            return {
+                "Attributes": {
+                    "QueueArn": DLQ_ARN,
+                    "ApproximateNumberOfMessages": str(self.depth),
+                    "ApproximateNumberOfMessagesNotVisible": "0",
+                }
+            }
+        policy = json.dumps({"deadLetterTargetArn": DLQ_ARN, "maxReceiveCount": 40})
+        return {"Attributes": {"QueueArn": SOURCE_ARN, "RedrivePolicy": policy}}
+
+    def list_message_move_tasks(self, SourceArn: str, MaxResults: int) -> dict[str, Any]:  # noqa: N803
+        assert SourceArn == DLQ_ARN
+        return {"Results": self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]}
+
+    def start_message_move_task(self, SourceArn: str, DestinationArn: str) -> dict[str, str]:  # noqa: N803
+        self.started.append((SourceArn, DestinationArn))
+        return {"TaskHandle": "task-1"}
+
+
+def _run_native(fake: FakeMoveTaskSqs) -> tuple[int, list[str], list[dict[str, Any]]]:
+    report, audit = io.StringIO(), io.StringIO()
+    sleeps: list[float] = []
+    summary = redrive(
+        fake,  # type: ignore[arg-type]
+        DLQ_URL,
+        SOURCE_URL,
+        RedriveOptions(poll_interval_s=0.5),
+        Output(audit=audit, report=report, listing=io.StringIO()),
+        sleep=sleeps.append,
+    )
+    report.write(summary.line() + "\n")
+    return (
+        summary.exit_code,
+        report.getvalue().splitlines(),
+        [json.loads(x) for x in audit.getvalue().splitlines()],
+    )
+
+
+def test_native_task_is_followed_from_running_to_completed() -> None:
+    old = _task("COMPLETED", 3, started=1000)  # an earlier redrive: never taken for this one
+    fake = FakeMoveTaskSqs(
+        [old],
+        [old],  # just started, not listed yet
+        [_task("RUNNING", 0), old],
+        [_task("RUNNING", 4), old],
+        [_task("COMPLETED", 7, to_move=None), old],
+    )
+    code, report, (record,) = _run_native(fake)
+    assert code == 0
+    assert fake.started == [(DLQ_ARN, SOURCE_ARN)]
+    assert "redrive: started move task task-1 for about 7 message(s)" in report
+    assert "redrive: task RUNNING: moved 0 of 7" in report and "redrive: task RUNNING: moved 4 of 7" in report
+    assert "redrive: task COMPLETED: moved 7 of 7" in report
+    assert report[-1].startswith(
+        "redrive: moved 7, failed 0 (left in the DLQ), skipped 0, path native (task COMPLETED)"
+    )
+    assert (record["record"], record["task_handle"], record["status"], record["moved"]) == (
+        "redrive.task",
+        "task-1",
+        "COMPLETED",
+        7,
+    )
+    assert (record["to_move"], record["failure_reason"]) == (7, None)
+
+
+def test_native_task_failed_reports_its_reason_and_exits_1() -> None:
+    fake = FakeMoveTaskSqs(
+        [], [_task("RUNNING", 2)], [_task("FAILED", 2, FailureReason="AccessDenied on the destination")]
+    )
+    code, report, (record,) = _run_native(fake)
+    assert code == 1
+    assert "redrive: move task task-1 FAILED: AccessDenied on the destination" in report
+    assert report[-1].startswith(
+        "redrive: moved 2, failed 5 (left in the DLQ), skipped 0, path native (task FAILED)"
+    )
+    assert (record["status"], record["failure_reason"]) == ("FAILED", "AccessDenied on the destination")
+
+
+def test_native_task_cancelled_exits_1() -> None:
+    fake = FakeMoveTaskSqs([], [_task("RUNNING", 1)], [_task("CANCELLING", 3)], [_task("CANCELLED", 3)])
+    code, report, (record,) = _run_native(fake)
+    assert code == 1
+    assert "redrive: task CANCELLING: moved 3 of 7" in report
+    assert "redrive: move task task-1 ended CANCELLED; the rest stays in the DLQ" in report
+    assert record["status"] == "CANCELLED"
+
+
+def test_a_running_task_is_followed_and_no_second_one_started() -> None:
+    running = _task("RUNNING", 5, TaskHandle="task-0", started=1500)
+    fake = FakeMoveTaskSqs([running], [running], [_task("COMPLETED", 7, started=1500)])
+    code, report, (record,) = _run_native(fake)
+    assert code == 0 and fake.started == []
+    assert any(
+        "already running" in line and "task-0" in line and "not starting a second" in line for line in report
+    )
+    assert (record["task_handle"], record["status"]) == ("task-0", "COMPLETED")
+
+
+def test_native_path_with_an_empty_dlq_starts_nothing() -> None:
+    fake = FakeMoveTaskSqs([], depth=0)
+    code, report, records = _run_native(fake)
+    assert (code, fake.started, records) == (0, [], [])
+    assert report[-1].startswith("redrive: moved 0, failed 0")
