@@ -68,7 +68,6 @@ class StackNames:
     admin_inbox: str = "edc-pipeline-admin-inbox"  # an SQS subscription to read notifications
     max_receive_count: int = 5
 
-
     @classmethod
     def prefixed(cls, prefix: str, *, max_receive_count: int = 5) -> StackNames:
         """Names for a separate stack on the same server (tests, benchmarks): ``{prefix}-...``."""
