@@ -203,6 +203,18 @@ class TrackingStore:
             )
             return bool(cur.rowcount == 1)
 
+    def expire_leases(self, owners: Sequence[str], now: datetime) -> int:
+        """End the leases ``owners`` hold (a worker shutting down let go of their messages)."""
+        if not owners:
+            return 0
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE pipeline.edc_pipeline_file SET lease_until = %s"
+                " WHERE lease_owner = ANY(%s) AND status = %s AND lease_until > %s",
+                (now, list(owners), IN_PROGRESS, now),
+            )
+            return int(cur.rowcount)
+
     def lease_remaining_s(self, job_id: int, now: datetime) -> float | None:
         """Seconds until the job's lease runs out (None without a lease)."""
         with self._db.transaction() as cur:
