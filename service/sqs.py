@@ -4,6 +4,7 @@ the queue attributes the worker and the redrive read; SQS's own message move tas
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ class Message:
     receipt_handle: str
     body: str
     receive_count: int
+    received_at: float = field(default_factory=time.monotonic, compare=False)
     sent_at_ms: int | None = None  # SentTimestamp: when the message was first sent (epoch ms)
     attributes: Mapping[str, Any] = field(default_factory=dict)  # MessageAttributes, as SQS gives them
 
