@@ -14,6 +14,7 @@ import structlog
 
 from service.config import Settings
 from service.errors import ConfigError, PermanentError
+from service.jobcommands import register_job_commands
 from service.logs import configure_logging
 
 log = structlog.get_logger()
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="list pipelines and their ddfile names", description="List registered pipelines."
     )
     listing.set_defaults(run=_run_pipelines_list)
+    register_job_commands(commands)
 
     stamp = commands.add_parser(
         "stamp",
