@@ -88,6 +88,7 @@ class JobSummary:
     reprocess_of: int | None
     file_name: str
     size: int | None  # bytes the worker read, else the size the S3 event announced
+    reprocessed_by: int | None  # the execution that reprocessed this job, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +212,11 @@ def _columns(cls: type[Any], *, skip: Sequence[str] = ()) -> tuple[str, ...]:
 SERIES_COLUMNS = _columns(SeriesRow)
 INVENTORY_FILE_COLUMNS = _columns(InventoryFile, skip=("series",))
 
+_REPROCESSED_BY = "SELECT r.id FROM pipeline.edc_pipeline_file r WHERE r.reprocess_of = f.id"
 _LIST_SQL = (
     "SELECT f.id, p.code, f.status, f.has_error, f.error_code, f.attempts, f.created_at, f.updated_at,"
-    " f.reprocess_of, f.file_name, COALESCE(f.source_bytes, f.source_size)"
+    " f.reprocess_of, f.file_name, COALESCE(f.source_bytes, f.source_size),"
+    f" ({_REPROCESSED_BY})"
     " FROM pipeline.edc_pipeline_file f JOIN pipeline.edc_pipeline p ON p.id = f.edc_pipeline_id"
 )
 # One fragment per condition of JobFilter; only these constants are ever joined into the SQL.
@@ -237,7 +240,7 @@ _DETAIL_SQL = (
     " f.ddcrf_name, f.ddfile_name, f.event_code, f.lease_owner, f.lease_until, f.destination_bucket,"
     " f.destination_key, f.source_bytes, f.source_sha256, f.quarantine_bytes, f.quarantine_sha256,"
     " f.quarantine_s3_checksum, f.members, f.instances_stamped, f.system_files, f.reprocess_of,"
-    " (SELECT r.id FROM pipeline.edc_pipeline_file r WHERE r.reprocess_of = f.id) AS reprocessed_by"
+    f" ({_REPROCESSED_BY}) AS reprocessed_by"
     " FROM pipeline.edc_pipeline_file f JOIN pipeline.edc_pipeline p ON p.id = f.edc_pipeline_id"
     " WHERE f.id = %s"
 )

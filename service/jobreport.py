@@ -107,7 +107,17 @@ def write_job_table(jobs: Sequence[JobSummary], out: TextIO, stuck: StuckRule | 
     if stuck is not None:
         print("to finish a stuck job:", file=out)
         for job in jobs:
-            print(f"  {REPROCESS.format(id=job.id)}", file=out)
+            print(f"  {_finish(job)}", file=out)
+
+
+def _finish(job: JobSummary) -> str:
+    """The command that finishes a stuck job (a job is reprocessed at most once: after that, the
+    newer execution is the one to look at)."""
+    if job.reprocessed_by is not None:
+        return (
+            f"job {job.id} was reprocessed by job {job.reprocessed_by}: {SHOW.format(id=job.reprocessed_by)}"
+        )
+    return REPROCESS.format(id=job.id)
 
 
 def write_jobs_json(jobs: Sequence[JobSummary], out: TextIO, stuck: StuckRule | None = None) -> None:
@@ -119,7 +129,7 @@ def write_jobs_json(jobs: Sequence[JobSummary], out: TextIO, stuck: StuckRule | 
     document["jobs"] = [
         {
             **{name: _plain(value) for name, value in asdict(job).items()},
-            **({"next_step": REPROCESS.format(id=job.id)} if stuck is not None else {}),
+            **({"next_step": _finish(job)} if stuck is not None else {}),
         }
         for job in jobs
     ]

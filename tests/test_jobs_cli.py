@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from service.cli import main
+from service.config import Settings
 from service.db import Database
-from service.jobquery import JobQueries
+from service.jobquery import JobQueries, StuckRule
 from service.local.samples import bundled_file, write_mixed_zip, write_not_dicom, write_series_zip
+from service.timeargs import parse_duration
 from tests.stackfixtures import TestStack, make_stack
 
 CT_KEY = "subjecteventcrffile/1/101/CT Scan/v1.dcm"  # EDC row 1001: completed single file
@@ -119,6 +121,26 @@ def produced(
         created_at=now - 3 * hours,
         updated_at=now - 2 * hours,
     )
+    ids["stuck_done"] = _insert_job(  # stuck as well, but an operator has reprocessed it already
+        stack,
+        "IMAGING",
+        "subjecteventcrffile/1/101/CT Scan/stuck2.dcm",
+        status="In Progress",
+        lease_until=now - hours,
+        created_at=now - 4 * hours,
+        updated_at=now - 4 * hours,
+    )
+    ids["stuck_rerun"] = _insert_job(
+        stack,
+        "IMAGING",
+        "subjecteventcrffile/1/101/CT Scan/stuck2.dcm",
+        source_version="etag-subjecteventcrffile/1/101/CT Scan/stuck2.dcm",
+        reprocess_of=ids["stuck_done"],
+        status="Failed",
+        has_error=True,
+        error_code="ERRL1003",
+        completed_at=now,
+    )
     ids["exhausted"] = _insert_job(
         stack,
         "IMAGING",
@@ -211,10 +233,10 @@ def test_list_shows_every_job_newest_first_with_the_operator_columns(
 @pytest.mark.parametrize(
     ("spelling", "names"),
     [
-        ("in progress", {"stuck", "live"}),
-        ("In-Progress", {"stuck", "live"}),
-        ("IN_PROGRESS", {"stuck", "live"}),
-        ("failed", {"bad", "never", "exhausted"}),
+        ("in progress", {"stuck", "live", "stuck_done"}),
+        ("In-Progress", {"stuck", "live", "stuck_done"}),
+        ("IN_PROGRESS", {"stuck", "live", "stuck_done"}),
+        ("failed", {"bad", "never", "exhausted", "stuck_rerun"}),
         ("Started", {"reprocess"}),
         ("COMPLETED", {"single", "zip", "mixed", "audio"}),
     ],
@@ -231,11 +253,14 @@ def test_list_filters_by_since_pipeline_code_and_limit(
     ids = produced.ids
     assert set(listed(produced, capsys, "--since", "1d")) == set(ids.values()) - {ids["audio"]}
     assert set(listed(produced, capsys, "--since", "1h")) == {
-        ids[n] for n in ("single", "zip", "mixed", "bad", "never", "reprocess")
+        ids[n] for n in ("single", "zip", "mixed", "bad", "never", "reprocess", "stuck_rerun")
     }
     assert listed(produced, capsys, "--pipeline", "AUDIO") == [ids["audio"]]
     assert listed(produced, capsys, "--code", "errs1013") == [ids["mixed"]]
-    assert listed(produced, capsys, "--code", "ERRL1003", "--status", "Failed") == [ids["never"]]
+    assert listed(produced, capsys, "--code", "ERRL1003", "--pipeline", "IMAGING", "--since", "1h") == [
+        ids["stuck_rerun"],
+        ids["never"],
+    ]
     assert listed(produced, capsys, "--pipeline", "AUDIO", "--status", "Failed") == []
     assert len(listed(produced, capsys, "--limit", "3")) == 3
     code, _, err = run(produced, capsys, "jobs", "list", "--pipeline", "NOPE")
@@ -245,23 +270,26 @@ def test_list_filters_by_since_pipeline_code_and_limit(
 def test_stuck_lists_expired_untouched_jobs_with_the_threshold_and_the_command_that_finishes_them(
     produced: Produced, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stuck = produced.ids["stuck"]
+    stuck, done, rerun = (produced.ids[n] for n in ("stuck", "stuck_done", "stuck_rerun"))
     code, out, _ = run(produced, capsys, "jobs", "list", "--stuck")
     assert code == 0
     # The test stack: RETRY_BACKOFF_MAX_S=2, REPLICA_LAG_INTERVAL_S=1, VISIBILITY_TIMEOUT_S=300.
     assert "more than 602 s (10m2s; max(RETRY_BACKOFF_MAX_S=2, REPLICA_LAG_INTERVAL_S=1)" in out
     assert "+ 2 * VISIBILITY_TIMEOUT_S=300)" in out
     rows = [line for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert [int(line.split()[0]) for line in rows] == [stuck]  # not the live lease, not the fresh Started
-    assert f"  {REPROCESS.format(stuck)}" in out.splitlines()
-    assert listed(produced, capsys, "--stuck") == [stuck]
-
+    # Not the live lease, not the fresh Started reprocess: newest first.
+    assert [int(line.split()[0]) for line in rows] == [stuck, done]
+    assert out.splitlines()[-2:] == [
+        f"  {REPROCESS.format(stuck)}",
+        f"  job {done} was reprocessed by job {rerun}: python -m service jobs show {rerun}",
+    ]
     code, out, _ = run(produced, capsys, "jobs", "list", "--stuck", "--format", "json")
     document = json.loads(out)
     assert document["stuck_older_than_s"] == 602
-    assert [job["next_step"] for job in document["jobs"]] == [REPROCESS.format(stuck)]
-    assert listed(produced, capsys, "--stuck", "--older-than", "3h") == []
-    assert listed(produced, capsys, "--stuck", "--older-than", "90m") == [stuck]
+    assert document["jobs"][0]["next_step"] == REPROCESS.format(stuck)
+    assert listed(produced, capsys, "--stuck", "--older-than", "3h") == [done]
+    assert listed(produced, capsys, "--stuck", "--older-than", "90m") == [stuck, done]
+    assert listed(produced, capsys, "--stuck", "--older-than", "5h") == []
 
 
 @pytest.mark.parametrize(
@@ -528,3 +556,36 @@ def test_unreachable_database_is_one_line_without_the_url(
 def test_missing_database_setting_is_a_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jobs", "list"], {}) == 2
     assert "missing setting PIPELINE_DATABASE_URL" in capsys.readouterr().err
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+def test_stuck_threshold_follows_the_settings_unless_given() -> None:
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    default = StuckRule.from_settings(Settings.from_env({}), now)
+    assert default.grace == timedelta(seconds=max(900, 30) + 2 * 300)
+    slow = Settings.from_env({"REPLICA_LAG_INTERVAL_S": "1200", "VISIBILITY_TIMEOUT_S": "60"})
+    assert StuckRule.from_settings(slow, now).grace == timedelta(seconds=1200 + 120)
+    given = StuckRule.from_settings(slow, now, timedelta(hours=2))
+    assert (given.grace, given.basis, given.untouched_before) == (
+        timedelta(hours=2),
+        "--older-than",
+        now - timedelta(hours=2),
+    )
+    # A live lease is never stuck, however old the row; an expired or absent one is.
+    old = now - timedelta(hours=3)
+    assert not default.applies("In Progress", now + timedelta(seconds=1), old)
+    assert default.applies("In Progress", now - timedelta(seconds=1), old)
+    assert default.applies("Started", None, old)
+    assert not default.applies("Started", None, now - timedelta(minutes=5))
+    assert not default.applies("Failed", None, old)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("90m", timedelta(minutes=90)), ("2d", timedelta(days=2))])
+def test_older_than_takes_a_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "2026-11-30", "soon", "-1h", "1.5h"])
+def test_older_than_refuses_anything_but_a_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
