@@ -8,14 +8,18 @@ from typing import Any
 
 import boto3
 import botocore.config
+import botocore.exceptions
 import structlog
 
+from service.breaker import CircuitBreaker
 from service.config import Settings, redact_url
 from service.db import Database
 from service.edc import EdcLookup, load_lookup_sql
+from service.errors import ConfigError
+from service.health import PROBE_TIMEOUT_S, worker_probes
 from service.migrate import pending_migrations
 from service.notify import Notifier
-from service.pipeline import Clock, HandlerOptions, ObjectHandler
+from service.pipeline import Clock, HandlerOptions, ObjectHandler, Reachability
 from service.processors.base import ZipLimits
 from service.reporting import Reporter, ReportTargets
 from service.s3io import ObjectStore
@@ -31,14 +35,17 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def aws_client(settings: Settings, service: str, *, pool: int = 10) -> Any:
-    """A boto3 client honouring AWS_REGION and AWS_ENDPOINT_URL; the credential chain is boto3's."""
+def aws_client(settings: Settings, service: str, *, pool: int = 10, probe: bool = False) -> Any:
+    """A boto3 client honouring AWS_REGION and AWS_ENDPOINT_URL; the credential chain is boto3's.
+
+    ``probe``: one attempt with short timeouts, for the circuit breaker's health probes.
+    """
     config = botocore.config.Config(
         # Our own tenacity layer retries; botocore's standard mode adds a little on top.
-        retries={"max_attempts": 2, "mode": "standard"},
+        retries={"max_attempts": 1 if probe else 2, "mode": "standard"},
         max_pool_connections=pool,
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=PROBE_TIMEOUT_S if probe else 10,
+        read_timeout=PROBE_TIMEOUT_S if probe else 60,
     )
     make_client: Any = boto3.client  # the service name is a variable; the stubs want a literal
     return make_client(
@@ -65,6 +72,7 @@ def build_handler(
     store: ObjectStore,
     notifier: Notifier,
     clock: Clock,
+    health: Reachability | None = None,
 ) -> ObjectHandler:
     """The object handler with its options taken from ``settings``."""
     assert settings.destination_bucket
@@ -90,7 +98,7 @@ def build_handler(
         notifier,
         ReportTargets(settings.error_log_bucket, settings.error_log_prefix, settings.quarantine_key_template),
     )
-    return ObjectHandler(tracking, edc, store, reporter, options, clock)
+    return ObjectHandler(tracking, edc, store, reporter, options, clock, health)
 
 
 def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int = 20) -> WorkerApp:
@@ -98,7 +106,7 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
     ``RuntimeError`` when the pipeline database has pending migrations."""
     settings.require("PIPELINE_QUEUE_URL", "DESTINATION_BUCKET", "EDC_DATABASE_URL", "PIPELINE_DATABASE_URL")
     assert settings.pipeline_database_url and settings.edc_database_url
-    assert settings.pipeline_queue_url
+    assert settings.pipeline_queue_url and settings.destination_bucket
     connections = settings.worker_concurrency + 2
     pipeline_db = Database(settings.pipeline_database_url, max_connections=connections)
     pending = pending_migrations(pipeline_db)
@@ -108,6 +116,20 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
     edc_db = Database(settings.edc_database_url, max_connections=connections, read_only=True)
     s3 = aws_client(settings, "s3", pool=connections)
     store = ObjectStore(s3)
+    try:
+        _check_destination(s3, settings.destination_bucket)
+    except ConfigError:
+        pipeline_db.close()
+        edc_db.close()
+        raise
+    breaker = CircuitBreaker(
+        worker_probes(
+            settings.pipeline_database_url,
+            settings.edc_database_url,
+            aws_client(settings, "s3", pool=1, probe=True),
+            settings.destination_bucket,
+        )
+    )
     notifier = Notifier(
         aws_client(settings, "sns") if settings.admin_topic_arn else None, settings.admin_topic_arn
     )
@@ -121,11 +143,13 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
         store,
         notifier,
         clock,
+        breaker,
     )
     queue = Queue(aws_client(settings, "sqs", pool=4), settings.pipeline_queue_url)
     lease = timedelta(seconds=settings.visibility_timeout_s)
     max_receive = queue.max_receive_count()
-    _warn_on_short_redrive(settings, max_receive)
+    if max_receive is None:
+        log.warning("worker.no_redrive_policy", detail="failing messages are retried forever")
     log.info(
         "worker.configured",
         pipeline_database=redact_url(settings.pipeline_database_url),
@@ -142,18 +166,22 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
         backoff=ExponentialBackoff(settings.retry_backoff_base_s, settings.retry_backoff_max_s),
         poll_wait_s=poll_wait_s,
         renew_leases=lambda owners: tracking.renew_leases(owners, clock(), lease),
+        release_leases=lambda owners: tracking.expire_leases(owners, clock()),
+        breaker=breaker,
     )
     return WorkerApp(worker, (pipeline_db, edc_db))
 
 
-def _warn_on_short_redrive(settings: Settings, max_receive: int | None) -> None:
-    if max_receive is None:
-        log.warning("worker.no_redrive_policy", detail="failing messages are retried forever")
-        return
-    lag_deliveries = settings.replica_lag_max_s // max(1, settings.replica_lag_interval_s) + 1
-    if lag_deliveries >= max_receive:
-        log.warning(
-            "worker.redrive_policy_shorter_than_replica_lag",
-            max_receive_count=max_receive,
-            deliveries_needed=lag_deliveries,
-        )
+def _check_destination(s3: Any, bucket: str) -> None:
+    """Refuse to start on a destination bucket S3 says is missing or forbidden: every job would
+    fail at its last step. S3 not answering is an outage, which the breaker rides out."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as exc:
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status in (403, 404):
+            reason = "does not exist" if status == 404 else "is not accessible to this task's role"
+            raise ConfigError(f"DESTINATION_BUCKET {bucket} {reason} (HeadBucket: {status})") from None
+        log.warning("worker.destination_check_failed", status=status)
+    except botocore.exceptions.BotoCoreError as exc:
+        log.warning("worker.destination_check_failed", error_type=type(exc).__name__)

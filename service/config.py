@@ -115,7 +115,7 @@ class Settings:
             slack_webhook_url=env.url("SLACK_WEBHOOK_URL", ("https", "http")),
             notify_on_completion=env.boolean("NOTIFY_ON_COMPLETION", default=True),
             worker_concurrency=env.integer("WORKER_CONCURRENCY", 4, low=1, high=64),
-            visibility_timeout_s=env.integer("VISIBILITY_TIMEOUT_S", 300, low=10, high=43_200),
+            visibility_timeout_s=env.integer("VISIBILITY_TIMEOUT_S", 60, low=10, high=43_200),
             replica_lag_interval_s=env.integer("REPLICA_LAG_INTERVAL_S", 30, low=0, high=43_200),
             replica_lag_max_s=env.integer("REPLICA_LAG_MAX_S", 900, low=0, high=14 * 86_400),
             shutdown_grace_s=env.integer("SHUTDOWN_GRACE_S", 90, low=0, high=3_600),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg2
 
+from service.breaker import Dependency
 from service.db import Database
 from service.errors import PermanentError, RetryableError, Stage
 from service.keys import SourceKey
@@ -76,7 +77,10 @@ class EdcLookup:
         except psycopg2.Error as exc:
             if is_transient_db_error(exc):
                 raise RetryableError(
-                    "ERRL1002", f"EDC replica unreachable ({type(exc).__name__})", Stage.EDC_LOOKUP
+                    "ERRL1002",
+                    f"EDC replica unreachable ({type(exc).__name__})",
+                    Stage.EDC_LOOKUP,
+                    dependency=Dependency.EDC_REPLICA,
                 ) from exc
             raise RetryableError(
                 "ERRL1004", f"EDC query failed ({type(exc).__name__})", Stage.EDC_LOOKUP

@@ -167,7 +167,18 @@ class PermanentError(PipelineError):
 
 
 class RetryableError(PipelineError):
-    """A fault that can pass: leave the message for another delivery."""
+    """A fault that can pass: leave the message for another delivery.
+
+    ``dependency`` names the service that failed to answer (``service.breaker.Dependency``
+    values), when the fault is one: if that service then fails a health probe too, the worker
+    pauses instead of spending the message's deliveries on an outage.
+    """
+
+    def __init__(
+        self, code: str, message: str, stage: Stage | None = None, *, dependency: str | None = None
+    ) -> None:
+        super().__init__(code, message, stage)
+        self.dependency = dependency
 
 
 class ConfigError(Exception):

@@ -13,11 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import psycopg2
 import structlog
 from pydicom.tag import BaseTag
 
+from service.breaker import Dependency
 from service.edc import EdcLookup, EdcRecord
 from service.errors import ErrorEntry, PermanentError, PipelineError, RetryableError, Stage
 from service.events import ObjectCreated
@@ -33,10 +35,17 @@ from service.logs import describe_exception
 from service.processors import is_zip, process_upload
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
 from service.processors.directory import member_suffix
-from service.quarantine import IntegrityRecord, check_fits_s3, place_in_quarantine, quarantine_metadata
+from service.quarantine import (
+    JOB_ID_METADATA,
+    SHA256_METADATA,
+    IntegrityRecord,
+    check_fits_s3,
+    place_in_quarantine,
+    quarantine_metadata,
+)
 from service.reporting import JobReport, Reporter
 from service.retry import is_transient_db_error
-from service.s3io import Fingerprint, ObjectRef, ObjectStore, file_fingerprint
+from service.s3io import BucketMissingError, Fingerprint, ObjectRef, ObjectStore, file_fingerprint
 from service.tracking import (
     COMPLETED,
     EXHAUSTED_CODE,
@@ -52,17 +61,28 @@ from service.workspace import check_room, disk_space
 log = structlog.get_logger()
 
 SOURCE_PREFIX = f"{SOURCE_ROOT}/"
+# How often a delivery that found its job claimed elsewhere looks again (a claim is one UPDATE).
+_CLAIM_RECHECK_S = 5.0
 
 Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What to do with the message for one object: acknowledge, or show it again later."""
+    """What to do with the message for one object.
+
+    Acknowledge it (``done``); show it again later, which costs a delivery (``retry``); keep it and
+    run it again in place, which does not (``park``: a replica-lag wait, a job another delivery
+    holds; ``paused``: a dependency is down, until the breaker closes); or leave it alone
+    (``left``: another delivery of the message holds the job and settles the message).
+    """
 
     ack: bool
     reason: str
-    delay_s: int | None = None  # None: the worker's backoff policy picks the delay
+    delay_s: int | None = None  # retry: None lets the worker's backoff policy pick the delay
+    park_s: float | None = None
+    outage: Dependency | None = None
+    leave: bool = False
 
     @classmethod
     def done(cls, reason: str) -> Outcome:
@@ -71,6 +91,29 @@ class Outcome:
     @classmethod
     def retry(cls, reason: str, delay_s: int | None = None) -> Outcome:
         return cls(ack=False, reason=reason, delay_s=delay_s)
+
+    @classmethod
+    def park(cls, reason: str, seconds: float) -> Outcome:
+        return cls(ack=False, reason=reason, park_s=seconds)
+
+    @classmethod
+    def paused(cls, dependency: Dependency) -> Outcome:
+        return cls(ack=False, reason=f"{dependency} unreachable", outage=dependency)
+
+    @classmethod
+    def left(cls, reason: str) -> Outcome:
+        return cls(ack=False, reason=reason, leave=True)
+
+
+class Reachability(Protocol):
+    """Tells an outage from a fault: does the dependency answer a probe right now?"""
+
+    def reachable(self, dependency: Dependency) -> bool: ...
+
+
+class _AlwaysReachable:
+    def reachable(self, dependency: Dependency) -> bool:
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +178,7 @@ class ObjectHandler:
         reporter: Reporter,
         options: HandlerOptions,
         clock: Clock,
+        health: Reachability | None = None,
     ) -> None:
         self._tracking = tracking
         self._edc = edc
@@ -142,10 +186,26 @@ class ObjectHandler:
         self._reporter = reporter
         self._options = options
         self._clock = clock
+        self._health = health or _AlwaysReachable()
 
     def handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
         """Process one object; return how to settle its message. Raises only on database faults
-        before a job exists (the worker retries those like any transient fault)."""
+        the probe cannot confirm as an outage (the worker retries those like any transient fault)."""
+        try:
+            return self._handle(source, delivery)
+        except psycopg2.Error as exc:
+            if is_transient_db_error(exc) and self._outage(Dependency.PIPELINE_DATABASE, exc):
+                return Outcome.paused(Dependency.PIPELINE_DATABASE)
+            raise
+
+    def _outage(self, dependency: Dependency, exc: BaseException) -> bool:
+        """True when ``dependency`` does not answer a probe either: an outage, not this job's fault."""
+        if self._health.reachable(dependency):
+            return False
+        log.warning("job.paused_for_outage", dependency=str(dependency), **describe_exception(exc))
+        return True
+
+    def _handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
         if not self._is_source(source):
             # Not an upload (a notification wired to the error-log or destination bucket, say):
             # recording it would write an error log, whose event would come back here.
@@ -166,16 +226,22 @@ class ObjectHandler:
                 return Outcome.done("duplicate delivery")
             lease = timedelta(seconds=self._options.lease_s)
             if not self._tracking.claim_job(job.id, delivery.owner, now, lease):
-                log.info("job.claimed_elsewhere", error_code="ERRL8002")
-                # Look again after the usual backoff: by then the other delivery has settled it.
-                return Outcome.retry("claimed by another delivery")
+                # Look again in place (no delivery spent): soon, as the holder may be about to
+                # settle the job (this is a duplicate, then acknowledged), and at the latest
+                # just after its lease would run out (it died: the job is claimable then).
+                remaining = self._tracking.lease_remaining_s(job.id, now)
+                wait_s = min(_CLAIM_RECHECK_S, max(1.0, (remaining or 0.0) + 1.0))
+                log.info("job.claimed_elsewhere", error_code="ERRL8002", wait_s=round(wait_s, 1))
+                return Outcome.park("claimed by another delivery", wait_s)
             attempt = _Attempt(source, pipeline, job, delivery)
             try:
                 return self._attempt(attempt)
             except LeaseLostError:
-                # Another delivery holds the job (this one outlived its lease); it settles the job.
+                # Another delivery holds the job (this one outlived its lease). If it is a later
+                # delivery of this message, deleting the message would take it from under the
+                # holder: leave the message to it.
                 log.warning("job.lease_lost")
-                return Outcome.done("lease lost")
+                return Outcome.left("lease lost")
 
     def _is_source(self, source: ObjectCreated) -> bool:
         bucket = self._options.source_bucket
@@ -200,7 +266,14 @@ class ObjectHandler:
         self._reporter.report_errors(report, [entry], now)
 
     def _on_error(self, attempt: _Attempt, exc: Exception) -> Outcome:
+        dependency = _dependency_of(exc)
+        if dependency is not None and self._outage(dependency, exc):
+            # Nothing is recorded (the database may be the one down): the job keeps its lease
+            # while the message is parked, and runs again in place when the breaker closes.
+            return Outcome.paused(dependency)
         if isinstance(exc, PermanentError):
+            if self._complete_from_earlier_upload(attempt, _entry(exc)):
+                return Outcome.done(f"completed earlier, {exc.code} now")
             self._fail(attempt, [_entry(exc)], exc.code)
             return Outcome.done(f"failed {exc.code}")
         if isinstance(exc, RetryableError):
@@ -251,9 +324,15 @@ class ObjectHandler:
             )
             if destination != name:  # reserved by an earlier attempt, under other EDC values
                 check_fits_s3(destination, metadata)
-            placed = place_in_quarantine(
-                self._store, Path(tmp) / "output", bucket, destination, attempt.job.id, metadata, output
-            )
+            try:
+                placed = place_in_quarantine(
+                    self._store, Path(tmp) / "output", bucket, destination, attempt.job.id, metadata, output
+                )
+            except BucketMissingError:
+                # Nothing can be there: let a retry (after the operator fixed DESTINATION_BUCKET,
+                # and a redrive) reserve the bucket configured by then.
+                self._tracking.clear_destination(attempt.job.id, owner)
+                raise
         attempt.destination = destination
         integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
         return self._complete(attempt, result, issues, integrity)
@@ -303,7 +382,10 @@ class ObjectHandler:
             self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, entries, now, settled)
         except psycopg2.Error as exc:
             raise RetryableError(
-                "ERRL4003", f"recording the result failed ({type(exc).__name__})", Stage.TRACKING
+                "ERRL4003",
+                f"recording the result failed ({type(exc).__name__})",
+                Stage.TRACKING,
+                dependency=Dependency.PIPELINE_DATABASE if is_transient_db_error(exc) else None,
             ) from exc
         first_code = entries[0].code if entries else None
         log.info(
@@ -320,6 +402,31 @@ class ObjectHandler:
             self._reporter.report_completion(report)
         return Outcome.done("completed")
 
+    def _complete_from_earlier_upload(self, attempt: _Attempt, entry: ErrorEntry) -> bool:
+        """An earlier attempt put the file in quarantine and died before recording it; this one
+        was refused (the source version deleted since, the EDC row changed...). The file is in
+        quarantine all the same, so the job is Completed + has_error, never Failed beside an
+        object the labs can see. Returns False when there is no such object."""
+        reserved = self._tracking.reserved_destination(attempt.job.id)
+        if reserved is None:
+            return False
+        bucket, key = reserved
+        existing = self._store.head(bucket, key)
+        if existing is None or existing.get(JOB_ID_METADATA) != str(attempt.job.id):
+            return False
+        attempt.destination = key
+        source = _fingerprint_in(existing, "source-") or attempt.source_print
+        if source is None:  # an object from before the integrity record: nothing true to record
+            return False
+        stored = _fingerprint_in(existing, "")
+        integrity = IntegrityRecord(source, stored, None)
+        now = self._clock()
+        result = JobResult(None, integrity, None, None, None)
+        self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, [entry], now, result)
+        log.warning("job.completed_from_earlier_upload", error_code=entry.code, stage=entry.stage)
+        self._reporter.report_errors(self._report(attempt, COMPLETED), [entry], now)
+        return True
+
     def _wait_for_replica(self, attempt: _Attempt) -> Outcome:
         now = self._clock()
         waited = (now - attempt.source.event_time).total_seconds()
@@ -327,7 +434,8 @@ class ObjectHandler:
             raise PermanentError("ERRL1003", f"not found after {int(waited)} s", Stage.EDC_LOOKUP)
         self._tracking.release_job(attempt.job.id, attempt.delivery.owner, now, waiting_for_edc=True)
         log.info("edc.not_found_yet", waited_s=int(waited), stage=Stage.EDC_LOOKUP)
-        return Outcome.retry("waiting for the EDC replica", self._options.replica_lag_interval_s)
+        # Parked in the worker, not shown again: a replica-lag wait costs no delivery.
+        return Outcome.park("waiting for the EDC replica", self._options.replica_lag_interval_s)
 
     def _retry_or_exhaust(self, attempt: _Attempt, entry: ErrorEntry) -> Outcome:
         delivery = attempt.delivery
@@ -398,6 +506,21 @@ def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry
             label = f"#{position}{member_suffix(issue.member)}"
         entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
     return entries
+
+
+def _fingerprint_in(metadata: Mapping[str, str], prefix: str) -> Fingerprint | None:
+    """The ``{prefix}bytes`` / ``{prefix}sha256`` pair of a quarantine object's metadata."""
+    size, digest = metadata.get(f"{prefix}bytes", ""), metadata.get(f"{prefix}{SHA256_METADATA}", "")
+    return Fingerprint(int(size), digest) if size.isdigit() and len(digest) == 64 else None
+
+
+def _dependency_of(exc: Exception) -> Dependency | None:
+    """The dependency a fault is about, if it is one that might be an outage."""
+    if isinstance(exc, RetryableError) and exc.dependency is not None:
+        return Dependency(exc.dependency)
+    if isinstance(exc, psycopg2.Error) and is_transient_db_error(exc):
+        return Dependency.PIPELINE_DATABASE
+    return None
 
 
 def _ref(source: ObjectCreated) -> ObjectRef:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from service.breaker import Dependency
 from service.errors import PermanentError, RetryableError, Stage
 from service.retry import aws_retry, is_transient_aws_error
 
@@ -50,6 +51,11 @@ class ObjectRef:
     key: str
     version_id: str | None = None
     etag: str | None = None
+
+
+class BucketMissingError(RetryableError):
+    """The destination bucket does not exist (a configuration fault an operator can fix): nothing
+    was written, so a retry may go to whatever bucket is configured by then."""
 
 
 class ObjectStore:
@@ -152,8 +158,13 @@ class ObjectStore:
             else:
                 checksum = self._put_multipart(path, bucket, key, metadata)
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412"):
                 return UploadReceipt(written=False)
+            if code == "NoSuchBucket":
+                raise BucketMissingError(
+                    "ERRL4002", f"destination bucket {bucket} does not exist", Stage.QUARANTINE
+                ) from exc
             raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
@@ -265,5 +276,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _unavailable(code: str, exc: BaseException, stage: Stage) -> RetryableError:
-    transient = "transient" if is_transient_aws_error(exc) else "non-transient"
-    return RetryableError(code, f"S3 call failed ({type(exc).__name__}, {transient})", stage)
+    if is_transient_aws_error(exc):
+        message = f"S3 call failed ({type(exc).__name__}, transient)"
+        return RetryableError(code, message, stage, dependency=Dependency.S3)
+    return RetryableError(code, f"S3 call failed ({type(exc).__name__}, non-transient)", stage)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import botocore.exceptions
@@ -29,6 +30,7 @@ class Message:
     receipt_handle: str
     body: str
     receive_count: int
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 class Queue:

@@ -41,13 +41,17 @@ class Pipeline:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """What a completed job wrote: its series as stamped, the integrity record and the counts."""
+    """What a completed job wrote: its series as stamped, the integrity record and the counts.
 
-    series: Sequence[SeriesSummary]
+    ``series`` None keeps the series rows as allocated, and None counts stay unknown: a job
+    completed from the object an earlier attempt left in quarantine knows no more than that.
+    """
+
+    series: Sequence[SeriesSummary] | None
     integrity: IntegrityRecord
-    members: int
-    instances_stamped: int
-    system_files: int
+    members: int | None
+    instances_stamped: int | None
+    system_files: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,16 +181,18 @@ class TrackingStore:
         """Mark the job In Progress for ``owner`` (one delivery: message id and receive count).
 
         Claimable when Started, when In Progress with no live lease (the delivery that held it
-        died or let go), or when it failed only because deliveries ran out (a DLQ redrive). A
-        live lease is never taken over, not even by a redelivery of the same message: the
-        earlier delivery may still be running.
+        died or let go), when it failed only because deliveries ran out (a DLQ redrive), or by
+        the delivery that holds it (a message the worker parked runs again in place). A live
+        lease is never taken over by anyone else, not even by a redelivery of the same message:
+        the earlier delivery may still be running.
         """
         with self._db.transaction() as cur:
             cur.execute(
                 "UPDATE pipeline.edc_pipeline_file SET status = %(in_progress)s, lease_owner = %(owner)s,"
                 " lease_until = %(until)s, attempts = attempts + 1, updated_at = %(now)s"
                 " WHERE id = %(id)s AND (status = %(started)s"
-                "   OR (status = %(in_progress)s AND (lease_until IS NULL OR lease_until < %(now)s))"
+                "   OR (status = %(in_progress)s AND (lease_until IS NULL OR lease_until < %(now)s"
+                "       OR lease_owner = %(owner)s))"
                 "   OR (status = %(failed)s AND error_code = %(exhausted)s))",
                 {
                     "in_progress": IN_PROGRESS,
@@ -200,6 +206,36 @@ class TrackingStore:
                 },
             )
             return bool(cur.rowcount == 1)
+
+    def expire_leases(self, owners: Sequence[str], now: datetime) -> int:
+        """End the leases ``owners`` hold (a worker shutting down let go of their messages)."""
+        if not owners:
+            return 0
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE pipeline.edc_pipeline_file SET lease_until = %s"
+                " WHERE lease_owner = ANY(%s) AND status = %s AND lease_until > %s",
+                (now, list(owners), IN_PROGRESS, now),
+            )
+            return int(cur.rowcount)
+
+    def lease_remaining_s(self, job_id: int, now: datetime) -> float | None:
+        """Seconds until the job's lease runs out (None without a lease)."""
+        with self._db.transaction() as cur:
+            cur.execute("SELECT lease_until FROM pipeline.edc_pipeline_file WHERE id = %s", (job_id,))
+            row = cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        return max(0.0, float((row[0] - now).total_seconds()))
+
+    def clear_destination(self, job_id: int, owner: str) -> None:
+        """Forget the reserved quarantine place (its bucket does not exist: nothing is there)."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE pipeline.edc_pipeline_file SET destination_bucket = NULL, destination_key = NULL"
+                " WHERE id = %s AND lease_owner = %s AND status = %s",
+                (job_id, owner, IN_PROGRESS),
+            )
 
     def renew_leases(self, owners: Sequence[str], now: datetime, lease: timedelta) -> int:
         """Extend the leases held by ``owners`` (the worker's heartbeat); return how many."""
@@ -264,6 +300,17 @@ class TrackingStore:
             raise LeaseLostError(job_id)
         return str(row[0]), str(row[1])
 
+    def reserved_destination(self, job_id: int) -> tuple[str, str] | None:
+        """The quarantine bucket and key reserved for the job, if an attempt got that far."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                "SELECT destination_bucket, destination_key FROM pipeline.edc_pipeline_file"
+                " WHERE id = %s AND destination_key IS NOT NULL",
+                (job_id,),
+            )
+            row = cur.fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
     def complete_job(
         self, job_id: int, owner: str, errors: Sequence[ErrorEntry], now: datetime, result: JobResult
     ) -> None:
@@ -300,7 +347,8 @@ class TrackingStore:
                     result.system_files,
                 ),
             )
-            self._true_series(cur, job_id, result.series)
+            if result.series is not None:
+                self._true_series(cur, job_id, result.series)
             self._insert_errors(cur, job_id, errors, now)
 
     def fail_job(

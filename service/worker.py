@@ -1,9 +1,14 @@
 """The long-running worker: receive -> process -> settle, until told to stop.
 
 Only this module deletes messages or changes their visibility. Processing runs in a bounded
-thread pool; between passes the loop renews the visibility (and job lease) of running messages so a long
-job is not delivered twice; on SIGTERM the loop stops receiving, in-flight work gets
-``shutdown_grace_s``, and whatever is unfinished is made visible again for another task.
+thread pool. A heartbeat thread renews the visibility of the messages the worker holds and the
+leases of their jobs, so a long job is not delivered twice and a short lease is safe (a job whose
+worker died is free again within one lease). Messages that must wait without spending a delivery
+(a replica-lag wait, a job another delivery holds, an outage) are *parked*: held invisible, with
+no thread, and run again in place when their time comes. While the circuit breaker is open (a
+dependency does not answer) the loop stops receiving. On SIGTERM the loop stops receiving,
+in-flight work gets ``shutdown_grace_s``, and whatever is unfinished or parked is made visible
+again for another task.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Protocol
 
 import structlog
 
+from service.breaker import CircuitBreaker, Dependency
 from service.events import MalformedMessageError, ObjectCreated, parse_message
 from service.logs import describe_exception
 from service.pipeline import Delivery, Outcome
@@ -26,6 +32,8 @@ from service.sqs import Message, Queue
 log = structlog.get_logger()
 
 LONG_POLL_S = 20
+# SQS keeps a message invisible for at most 12 h after its receipt: let go of it before that.
+MAX_HOLD_S = 11.5 * 3600
 
 
 class Handler(Protocol):
@@ -62,6 +70,13 @@ class MessageResult:
     delay_s: int = 0
     objects: int = 0
     malformed: bool = False
+    park_s: float | None = None  # hold the message and run it again in place after this long
+    outage: Dependency | None = None  # hold it until the breaker closes for this dependency
+    leave: bool = False  # another delivery holds the job: no SQS call for this message at all
+
+    @property
+    def parks(self) -> bool:
+        return not self.ack and not self.leave and (self.park_s is not None or self.outage is not None)
 
 
 @dataclass(slots=True)
@@ -73,11 +88,23 @@ class WorkerStats:
     retried: int = 0
     malformed: int = 0
     objects: int = 0
+    parked: int = 0
+    left: int = 0
+
+
+@dataclass(slots=True)
+class _Parked:
+    message: Message
+    due: float  # monotonic time to run again (outage-parked: when the breaker closes)
+    outage: Dependency | None = None
 
 
 @dataclass(slots=True)
 class _InFlight:
+    """The messages this worker holds: running in the pool, or parked. Guarded by ``lock``."""
+
     futures: dict[Future[MessageResult], Message] = field(default_factory=dict)
+    parked: dict[str, _Parked] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -96,6 +123,9 @@ class Worker:
         max_receive_count: int | None = None,
         poll_wait_s: int = LONG_POLL_S,
         renew_leases: Callable[[list[str]], object] | None = None,
+        release_leases: Callable[[list[str]], object] | None = None,
+        breaker: CircuitBreaker | None = None,
+        max_parked: int | None = None,
     ) -> None:
         self._queue = queue
         self._handler = handler
@@ -106,11 +136,15 @@ class Worker:
         self._max_receive_count = max_receive_count
         self._poll_wait_s = poll_wait_s
         self._renew_leases = renew_leases
+        self._release_leases = release_leases
+        self._breaker = breaker or CircuitBreaker({})
+        self._max_parked = max_parked if max_parked is not None else 50 * concurrency
         self._heartbeat_s = max(1.0, visibility_timeout_s / 3)
-        self._last_heartbeat = time.monotonic()
         self._stop = threading.Event()
+        self._heartbeat_stop = threading.Event()
         self._in_flight = _InFlight()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+        self._paused_logged = False
         self.stats = WorkerStats()
 
     def stop(self) -> None:
@@ -124,23 +158,43 @@ class Worker:
     def run(self) -> None:
         """Loop until ``stop()``; then drain. Never raises for a single bad message."""
         log.info("worker.started", concurrency=self._concurrency, max_receive_count=self._max_receive_count)
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeat.start()
         try:
             while not self._stop.is_set():
+                self._breaker.probe_due()
+                self._dispatch(self._due_parked())
                 messages = self._receive()
                 self._dispatch(messages)
                 self._settle(self._finished(block=not messages))
-                self._heartbeat_if_due()
         finally:
             self._drain()
+            self._heartbeat_stop.set()
+            heartbeat.join(timeout=10)
             log.info("worker.stopped", **self._stats_fields())
 
     # -- receive ---------------------------------------------------------------------------
     def _receive(self) -> list[Message]:
-        free = self._concurrency - len(self._in_flight.futures)
+        with self._in_flight.lock:
+            running, parked = len(self._in_flight.futures), len(self._in_flight.parked)
+        free = self._concurrency - running
         if free <= 0:
             return []
-        # Long-poll only when idle, so finished work is settled promptly while busy.
-        wait_s = self._poll_wait_s if not self._in_flight.futures else min(1, self._poll_wait_s)
+        if self._breaker.is_open or parked >= self._max_parked:
+            if not self._paused_logged:
+                log.warning("worker.receiving_paused", parked=parked, breaker_open=self._breaker.is_open)
+                self._paused_logged = True
+            self._stop.wait(min(1.0, self._breaker.seconds_to_next_probe() or 1.0))
+            return []
+        if self._paused_logged:
+            log.info("worker.receiving_resumed", parked=parked)
+            self._paused_logged = False
+        # Long-poll only when idle, so finished work is settled promptly while busy, and never
+        # past the moment a parked message is due.
+        wait_s = self._poll_wait_s if not running else min(1, self._poll_wait_s)
+        next_due = self._next_parked_due()
+        if next_due is not None:
+            wait_s = max(0, min(wait_s, int(next_due - time.monotonic())))
         try:
             messages = self._queue.receive(free, wait_s, self._visibility_s)
         except Exception as exc:  # noqa: BLE001 - retries spent: back off, never crash the loop
@@ -149,6 +203,35 @@ class Worker:
             return []
         self.stats.received += len(messages)
         return messages
+
+    # -- parked messages ---------------------------------------------------------------------
+    def _park(self, result: MessageResult) -> None:
+        now = time.monotonic()
+        due = now + (result.park_s or 0.0)
+        with self._in_flight.lock:
+            self._in_flight.parked[result.message.message_id] = _Parked(result.message, due, result.outage)
+        self.stats.parked += 1
+
+    def _due_parked(self) -> list[Message]:
+        """Parked messages whose time has come (or whose dependency is back), as many as threads."""
+        now = time.monotonic()
+        with self._in_flight.lock:
+            free = self._concurrency - len(self._in_flight.futures)
+            due = [
+                p
+                for p in self._in_flight.parked.values()
+                if p.due <= now and (p.outage is None or self._breaker.is_closed_for(p.outage))
+            ]
+            due.sort(key=lambda p: p.due)
+            taken = due[: max(0, free)]
+            for parked in taken:
+                del self._in_flight.parked[parked.message.message_id]
+        return [p.message for p in taken]
+
+    def _next_parked_due(self) -> float | None:
+        with self._in_flight.lock:
+            waiting = [p.due for p in self._in_flight.parked.values() if p.outage is None]
+        return min(waiting) if waiting else None
 
     # -- process ---------------------------------------------------------------------------
     def _dispatch(self, messages: list[Message]) -> None:
@@ -203,15 +286,24 @@ class Worker:
                 return Outcome.retry(f"unhandled {type(exc).__name__}")
 
     def _combine(self, message: Message, outcomes: list[Outcome]) -> MessageResult:
+        """One way to settle the message for all its objects (objects already done are
+        acknowledged as duplicates when the message runs again)."""
         waiting = [o for o in outcomes if not o.ack]
         if not waiting:
             return MessageResult(message, ack=True)
-        # The whole message comes back; objects already done are acknowledged as duplicates then.
-        delays = [
-            o.delay_s if o.delay_s is not None else self._backoff.delay_s(message.receive_count)
-            for o in waiting
-        ]
-        return MessageResult(message, ack=False, delay_s=min(delays))
+        if any(o.leave for o in waiting):  # the delivery holding the job settles the message
+            return MessageResult(message, ack=False, leave=True)
+        outage = next((o.outage for o in waiting if o.outage is not None), None)
+        if outage is not None:
+            return MessageResult(message, ack=False, outage=outage)
+        retries = [o for o in waiting if o.park_s is None]
+        if retries:  # a real retry: the message comes back, which counts as a delivery
+            delays = [
+                o.delay_s if o.delay_s is not None else self._backoff.delay_s(message.receive_count)
+                for o in retries
+            ]
+            return MessageResult(message, ack=False, delay_s=min(delays))
+        return MessageResult(message, ack=False, park_s=min(o.park_s or 0.0 for o in waiting))
 
     # -- settle ----------------------------------------------------------------------------
     def _finished(self, *, block: bool) -> list[MessageResult]:
@@ -229,7 +321,15 @@ class Worker:
 
     def _settle(self, results: list[MessageResult]) -> None:
         acks = [r.message for r in results if r.ack]
-        retries = [(r.message, r.delay_s) for r in results if not r.ack]
+        retries = [(r.message, r.delay_s) for r in results if not r.ack and not r.leave and not r.parks]
+        for result in results:
+            if result.parks:
+                if result.outage is not None:
+                    self._breaker.trip(result.outage)
+                self._park(result)
+            elif result.leave:
+                log.info("worker.message_left_to_lease_holder", message_id=result.message.message_id)
+                self.stats.left += 1
         try:
             if acks:
                 self._queue.delete(acks)
@@ -243,24 +343,49 @@ class Worker:
         self.stats.objects += sum(r.objects for r in results)
 
     # -- heartbeat and shutdown -------------------------------------------------------------
-    def _heartbeat_if_due(self) -> None:
-        """Renew the lease of running messages (SQS visibility, and the jobs' leases).
+    def _heartbeat_loop(self) -> None:
+        """Every third of the visibility timeout, on its own thread: a slow receive, settle or
+        probe on the loop's thread never delays a renewal."""
+        while not self._heartbeat_stop.wait(self._heartbeat_s):
+            self._heartbeat()
 
-        Runs on the loop's own thread, between settles, so a renewal never races a settle.
+    def _heartbeat(self) -> None:
+        """Renew what this worker holds: the messages' visibility, then their jobs' leases.
+
+        Each step on its own: a failed visibility call (SQS throttling, say) must not leave the
+        job leases to run out, or another worker would take over jobs that are still running.
+        A renewal that crosses a settle is harmless (a deleted message's entry fails; a retry
+        delay is stretched by at most one heartbeat).
         """
-        if time.monotonic() - self._last_heartbeat < self._heartbeat_s:
-            return
-        self._last_heartbeat = time.monotonic()
+        now = time.monotonic()
         with self._in_flight.lock:
             running = [m for f, m in self._in_flight.futures.items() if not f.done()]
-        if not running:
+            parked = list(self._in_flight.parked.values())
+            expired = [p.message for p in parked if now - p.message.received_at > MAX_HOLD_S]
+            for message in expired:
+                del self._in_flight.parked[message.message_id]
+        held = running + [p.message for p in parked if p.message not in expired]
+        if expired:
+            log.warning("worker.parked_released", count=len(expired), reason="held for 11.5 h")
+            self._release(expired)
+        if not held:
             return
         try:
-            self._queue.change_visibility([(m, self._visibility_s) for m in running])
-            if self._renew_leases is not None:
-                self._renew_leases([Delivery(m.message_id, m.receive_count, None).owner for m in running])
-        except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next pass
-            log.warning("worker.heartbeat_failed", **describe_exception(exc))
+            self._queue.change_visibility([(m, self._visibility_s) for m in held])
+        except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next beat
+            log.warning("worker.heartbeat_failed", step="visibility", **describe_exception(exc))
+        if self._renew_leases is None:
+            return
+        try:
+            self._renew_leases([Delivery(m.message_id, m.receive_count, None).owner for m in held])
+        except Exception as exc:  # noqa: BLE001 - a missed renewal is retried on the next beat
+            log.warning("worker.heartbeat_failed", step="leases", **describe_exception(exc))
+
+    def _release(self, messages: list[Message]) -> None:
+        try:
+            self._queue.change_visibility([(m, 0) for m in messages])
+        except Exception as exc:  # noqa: BLE001 - the messages come back when their lease ends
+            log.error("worker.release_failed", **describe_exception(exc))
 
     def _drain(self) -> None:
         deadline = time.monotonic() + self._grace_s
@@ -269,21 +394,35 @@ class Worker:
         if pending:
             log.info("worker.draining", in_flight=len(pending), grace_s=self._grace_s)
         while pending and time.monotonic() < deadline:
-            _, not_done = wait(pending, timeout=min(self._heartbeat_s, max(0.0, deadline - time.monotonic())))
+            # The heartbeat thread keeps the running jobs' leases during the grace.
+            _, not_done = wait(pending, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             self._settle(self._collect_done())
-            self._heartbeat_if_due()  # running jobs keep their leases during the grace
             pending = list(not_done)
         self._settle(self._collect_done())
+        self._heartbeat_stop.set()  # no renewal may follow the release below
         with self._in_flight.lock:
             unfinished = list(self._in_flight.futures.values())
             self._in_flight.futures.clear()
+            parked = [p.message for p in self._in_flight.parked.values()]
+            self._in_flight.parked.clear()
         if unfinished:
             log.warning("worker.released_unfinished", count=len(unfinished), error_code="ERRL8004")
-            try:
-                self._queue.change_visibility([(m, 0) for m in unfinished])
-            except Exception as exc:  # noqa: BLE001 - the messages come back when their lease ends
-                log.error("worker.release_failed", **describe_exception(exc))
+        if parked:
+            log.info("worker.released_parked", count=len(parked))
+        if unfinished or parked:
+            self._release(unfinished + parked)
+            self._let_go_of_jobs(unfinished + parked)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _let_go_of_jobs(self, messages: list[Message]) -> None:
+        """End the released messages' job leases now, so the next delivery need not wait for
+        them to run out (an abandoned job thread can no longer change its job after that)."""
+        if self._release_leases is None:
+            return
+        try:
+            self._release_leases([Delivery(m.message_id, m.receive_count, None).owner for m in messages])
+        except Exception as exc:  # noqa: BLE001 - the leases then run out on their own
+            log.warning("worker.lease_release_failed", **describe_exception(exc))
 
     def _collect_done(self) -> list[MessageResult]:
         results = []
@@ -300,6 +439,8 @@ class Worker:
             "retried": s.retried,
             "malformed": s.malformed,
             "objects": s.objects,
+            "parked": s.parked,
+            "left": s.left,
         }
 
 

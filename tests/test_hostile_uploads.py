@@ -17,11 +17,11 @@ import pytest
 
 from service.cli import main
 from service.config import Settings
-from service.errors import ConfigError, PermanentError
+from service.errors import ConfigError, PermanentError, RetryableError, Stage
 from service.events import ObjectCreated
 from service.local.samples import bundled_file
 from service.quarantine import check_fits_s3, quarantine_metadata
-from service.s3io import Fingerprint
+from service.s3io import Fingerprint, ObjectStore
 from service.workspace import DiskSpace
 from tests.stackfixtures import TestStack, s3_event
 
@@ -193,18 +193,24 @@ def test_edc_names_too_long_for_an_s3_key_fail_permanently(stack: TestStack) -> 
     assert len(log_key.encode()) <= 1024 and f"job_{job['id']}_" in log_key
 
 
-def test_a_retry_writes_to_the_bucket_reserved_with_the_key(stack: TestStack) -> None:
+def test_a_retry_writes_to_the_bucket_reserved_with_the_key(
+    stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3 = stack.client("s3")
-    first_bucket = f"{stack.names.destination_bucket}-first"  # does not exist yet
-    with stack.worker(DESTINATION_BUCKET=first_bucket):
-        stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
-        stack.wait_for(
-            lambda: bool(stack.jobs()) and stack.jobs()[0]["destination_key"] is not None,
-            what="key reserved",
-        )
-        stack.wait_for(lambda: '"job.retry_later"' in stack.log.getvalue(), what="upload failed")
+    first_bucket = f"{stack.names.destination_bucket}-first"
     s3.create_bucket(Bucket=first_bucket)
-    # The operator "fixes" DESTINATION_BUCKET: the job still goes where its key was reserved.
+
+    def unavailable(*_args: object, **_kwargs: object) -> None:
+        # As S3 fails an upload that may or may not have landed (a timeout after the last byte).
+        raise RetryableError("ERRL4002", "S3 call failed (ReadTimeoutError, transient)", Stage.QUARANTINE)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ObjectStore, "upload_once", unavailable)
+        with stack.worker(DESTINATION_BUCKET=first_bucket):
+            stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+            stack.wait_for(lambda: '"job.retry_later"' in stack.log.getvalue(), what="upload failed")
+    assert stack.jobs()[0]["destination_bucket"] == first_bucket
+    # The operator changes DESTINATION_BUCKET: the job still goes where its key was reserved.
     with stack.worker():
         (job,) = stack.wait_settled(1, timeout=40)
     assert (job["status"], job["destination_bucket"]) == ("Completed", first_bucket)
@@ -262,3 +268,32 @@ def test_an_object_an_earlier_attempt_wrote_is_recorded_as_it_is(stack: TestStac
         None,
     )
     assert '"quarantine.already_written"' in stack.log.getvalue()
+
+
+def test_a_refusal_after_an_earlier_upload_completes_the_job_with_its_code(
+    stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 wrote the quarantine object and could not record it; before attempt 2 the site
+    deleted the upload (ERRL2002). The file is in quarantine, so the job must not say Failed."""
+    import psycopg2
+
+    from service.tracking import TrackingStore
+
+    def unrecorded(*_args: object) -> None:
+        raise psycopg2.errors.QueryCanceled("statement timeout")  # refused, not unreachable
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TrackingStore, "complete_job", unrecorded)
+        with stack.worker():
+            stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+            stack.wait_for(lambda: '"job.retry_later"' in stack.log.getvalue(), what="recording failed")
+    (written,) = stack.quarantine_keys()
+    stack.client("s3").delete_object(Bucket=stack.names.source_bucket, Key=CT_KEY)
+    with stack.worker():
+        (job,) = stack.wait_settled(1, timeout=40)
+    assert (job["status"], job["has_error"], job["error_code"]) == ("Completed", True, "ERRL2002")
+    assert job["destination_key"] == written and stack.quarantine_keys() == [written]
+    head = stack.client("s3").head_object(Bucket=stack.names.destination_bucket, Key=written)["Metadata"]
+    assert (job["quarantine_sha256"], job["source_sha256"]) == (head["sha256"], head["source-sha256"])
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL2002"]  # a retried fault is not recorded
+    assert "ERRL2002" in stack.notifications()[-1]["subject"]

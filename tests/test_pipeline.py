@@ -11,6 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from service.errors import ConfigError
 from service.local.samples import bundled_file, series_dir, write_mixed_zip, write_not_dicom, write_series_zip
 from tests.stackfixtures import TestStack, s3_event
 
@@ -401,17 +402,35 @@ def test_edc_query_failure_retries_then_fails_with_its_code(short_stack: TestSta
     assert stack.quarantine_keys() == []
 
 
-def test_destination_bucket_unavailable_is_errl4002_then_dlq(short_stack: TestStack) -> None:
-    stack = short_stack
+def test_a_missing_destination_bucket_stops_start_up(stack: TestStack) -> None:
     stack.client("s3").delete_bucket(Bucket=stack.names.destination_bucket)
+    with (
+        pytest.raises(
+            ConfigError, match=f"DESTINATION_BUCKET {stack.names.destination_bucket} does not exist"
+        ),
+        stack.worker(),
+    ):
+        pass
+
+
+def test_destination_bucket_gone_is_errl4002_then_dlq_and_frees_the_reservation(
+    short_stack: TestStack,
+) -> None:
+    stack = short_stack
     with stack.worker():
+        stack.client("s3").delete_bucket(Bucket=stack.names.destination_bucket)  # after start-up
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
         stack.wait_for(
             lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="message in the DLQ"
         )
     assert (job["status"], job["error_code"]) == ("Failed", "ERRL8003")
-    assert [e["error_code"] for e in stack.errors()] == ["ERRL4002", "ERRL8003"]
+    errors = stack.errors()
+    assert [e["error_code"] for e in errors] == ["ERRL4002", "ERRL8003"]
+    assert "does not exist" in errors[0]["message"]
+    # Nothing can be in a bucket that does not exist: a redrive after the fix writes to the
+    # bucket configured by then, not to the one reserved before.
+    assert (job["destination_bucket"], job["destination_key"]) == (None, None)
 
 
 def test_vanished_work_dir_is_errl2005(short_stack: TestStack, tmp_path: Path) -> None:

@@ -66,11 +66,10 @@ class StackNames:
     dlq: str = "edc-image-pipeline-dlq"
     admin_topic: str = "edc-pipeline-admin"
     admin_inbox: str = "edc-pipeline-admin-inbox"  # an SQS subscription to read notifications
-    max_receive_count: int = 40
-
+    max_receive_count: int = 5
 
     @classmethod
-    def prefixed(cls, prefix: str, *, max_receive_count: int = 40) -> StackNames:
+    def prefixed(cls, prefix: str, *, max_receive_count: int = 5) -> StackNames:
         """Names for a separate stack on the same server (tests, benchmarks): ``{prefix}-...``."""
         return cls(
             source_bucket=f"{prefix}-uploads",
@@ -118,7 +117,7 @@ def provision_aws(endpoint: str, names: StackNames) -> AwsResources:
     queue_url = sqs.create_queue(
         QueueName=names.queue,
         Attributes={
-            "VisibilityTimeout": "300",
+            "VisibilityTimeout": "60",
             "RedrivePolicy": json.dumps(
                 {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(names.max_receive_count)}
             ),

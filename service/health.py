@@ -1,0 +1,65 @@
+"""Health probes for the circuit breaker: quick, single-attempt checks that a dependency answers.
+
+A probe opens its own short-lived connection rather than borrowing a pooled one (the pool's
+connections may be the broken ones) and gives up within seconds, so the worker loop that runs
+it never stalls for long.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import botocore.exceptions
+import psycopg2
+
+from service.breaker import Dependency, Probe
+from service.retry import is_transient_aws_error
+
+PROBE_TIMEOUT_S = 5
+
+
+def database_probe(url: str) -> Probe:
+    """True when PostgreSQL at ``url`` accepts a connection and answers ``SELECT 1``."""
+
+    def probe() -> bool:
+        try:
+            conn = psycopg2.connect(url, connect_timeout=PROBE_TIMEOUT_S, application_name="edc-probe")
+        except psycopg2.Error:
+            return False
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                return cur.fetchone() == (1,)
+        except psycopg2.Error:
+            return False
+        finally:
+            conn.close()
+
+    return probe
+
+
+def s3_probe(client: Any, bucket: str) -> Probe:
+    """True when S3 answers a HEAD of ``bucket`` (any answer but a transient fault: a 404 or 403
+    is S3 answering; that the bucket is wrong is not an outage)."""
+
+    def probe() -> bool:
+        try:
+            client.head_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            return not is_transient_aws_error(exc)
+        except botocore.exceptions.BotoCoreError:
+            return False
+        return True
+
+    return probe
+
+
+def worker_probes(
+    pipeline_database_url: str, edc_database_url: str, s3_client: Any, bucket: str
+) -> dict[Dependency, Probe]:
+    """The probes of the three dependencies the worker pauses for."""
+    return {
+        Dependency.PIPELINE_DATABASE: database_probe(pipeline_database_url),
+        Dependency.EDC_REPLICA: database_probe(edc_database_url),
+        Dependency.S3: s3_probe(s3_client, bucket),
+    }
