@@ -273,9 +273,14 @@ def test_stuck_lists_expired_untouched_jobs_with_the_threshold_and_the_command_t
     stuck, done, rerun = (produced.ids[n] for n in ("stuck", "stuck_done", "stuck_rerun"))
     code, out, _ = run(produced, capsys, "jobs", "list", "--stuck")
     assert code == 0
-    # The test stack: RETRY_BACKOFF_MAX_S=2, REPLICA_LAG_INTERVAL_S=1, VISIBILITY_TIMEOUT_S=300.
-    assert "more than 602 s (10m2s; max(RETRY_BACKOFF_MAX_S=2, REPLICA_LAG_INTERVAL_S=1)" in out
-    assert "+ 2 * VISIBILITY_TIMEOUT_S=300)" in out
+    settings = produced.stack.settings()  # RETRY_BACKOFF_MAX_S=2, REPLICA_LAG_INTERVAL_S=1
+    visibility = settings.visibility_timeout_s
+    threshold = 2 + 2 * visibility
+    assert f"more than {threshold} s (" in out
+    assert (
+        f"max(RETRY_BACKOFF_MAX_S=2, REPLICA_LAG_INTERVAL_S=1) + 2 * VISIBILITY_TIMEOUT_S={visibility})"
+        in out
+    )
     rows = [line for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     # Not the live lease, not the fresh Started reprocess: newest first.
     assert [int(line.split()[0]) for line in rows] == [stuck, done]
@@ -285,7 +290,7 @@ def test_stuck_lists_expired_untouched_jobs_with_the_threshold_and_the_command_t
     ]
     code, out, _ = run(produced, capsys, "jobs", "list", "--stuck", "--format", "json")
     document = json.loads(out)
-    assert document["stuck_older_than_s"] == 602
+    assert document["stuck_older_than_s"] == threshold
     assert document["jobs"][0]["next_step"] == REPROCESS.format(stuck)
     assert listed(produced, capsys, "--stuck", "--older-than", "3h") == [done]
     assert listed(produced, capsys, "--stuck", "--older-than", "90m") == [stuck, done]
@@ -561,8 +566,9 @@ def test_missing_database_setting_is_a_configuration_error(capsys: pytest.Captur
 # -- pure parts ------------------------------------------------------------------------------------
 def test_stuck_threshold_follows_the_settings_unless_given() -> None:
     now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-    default = StuckRule.from_settings(Settings.from_env({}), now)
-    assert default.grace == timedelta(seconds=max(900, 30) + 2 * 300)
+    defaults = Settings.from_env({})
+    default = StuckRule.from_settings(defaults, now)
+    assert default.grace == timedelta(seconds=max(900, 30) + 2 * defaults.visibility_timeout_s)
     slow = Settings.from_env({"REPLICA_LAG_INTERVAL_S": "1200", "VISIBILITY_TIMEOUT_S": "60"})
     assert StuckRule.from_settings(slow, now).grace == timedelta(seconds=1200 + 120)
     given = StuckRule.from_settings(slow, now, timedelta(hours=2))
