@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -595,3 +596,16 @@ def test_older_than_takes_a_duration(text: str, expected: timedelta) -> None:
 def test_older_than_refuses_anything_but_a_duration(text: str) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(
+    produced: Produced, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jobs list | head -1`: the reader goes away; no traceback, the shell's SIGPIPE status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    with open(write_end, "w", buffering=1) as closed_pipe:
+        monkeypatch.setattr("sys.stdout", closed_pipe)
+        assert main(["jobs", "list"], produced.stack.env) == 141
+        print("flushed at exit without a second failure", file=closed_pipe)
+    assert "Traceback" not in capsys.readouterr().err
