@@ -528,7 +528,7 @@ exit status:
 """
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register_redrive_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``redrive`` command to the CLI's subcommands."""
     parser = commands.add_parser(
         "redrive",
