@@ -7,6 +7,7 @@ recorded as Failed only on the last delivery the queue allows.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from service.retry import is_transient_db_error
 from service.s3io import BucketMissingError, Fingerprint, ObjectRef, ObjectStore, file_fingerprint
 from service.tracking import (
     COMPLETED,
+    COPY,
     EXHAUSTED_CODE,
     FAILED,
     Job,
@@ -304,8 +306,10 @@ class ObjectHandler:
         with tempfile.TemporaryDirectory(prefix="edc-job-", dir=work_dir) as tmp:
             result = self._stamp(attempt, Path(tmp))
             issues = member_issue_entries(Path(tmp) / "source", result)
-            output = file_fingerprint(Path(tmp) / "output")
             assert attempt.source_print is not None
+            # A copy's output is the source itself, already hashed as it streamed in.
+            copied = attempt.pipeline.kind == COPY
+            output = attempt.source_print if copied else file_fingerprint(Path(tmp) / "output")
             metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
             # Reserved just before the upload: a job that fails earlier has no quarantine key. A
             # retry writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
@@ -340,15 +344,20 @@ class ObjectHandler:
                 raise RetryableError("ERRS1003", "tracking UIDs belong to another job", Stage.TRACKING)
             return uids
 
-        result = process_upload(
-            tmp / "source",
-            tmp / "output",
-            allocate,
-            tracking_tag=self._options.tracking_tag,
-            limits=self._options.zip_limits,
-            work_dir=tmp,
-            max_in_memory_bytes=self._options.max_in_memory_bytes,
-        )
+        if attempt.pipeline.kind == COPY:
+            # No DICOM processing: the output is the downloaded file, linked rather than copied.
+            os.link(tmp / "source", tmp / "output")
+            result = ProcessResult(series=(), issues=(), instances_stamped=0, members=1)
+        else:
+            result = process_upload(
+                tmp / "source",
+                tmp / "output",
+                allocate,
+                tracking_tag=self._options.tracking_tag,
+                limits=self._options.zip_limits,
+                work_dir=tmp,
+                max_in_memory_bytes=self._options.max_in_memory_bytes,
+            )
         log.info(
             "job.processed",
             bytes=attempt.source_print.size,

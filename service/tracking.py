@@ -20,6 +20,9 @@ from service.quarantine import IntegrityRecord
 from service.s3io import Fingerprint
 
 STARTED, IN_PROGRESS, COMPLETED, FAILED = "Started", "In Progress", "Completed", "Failed"
+# Pipeline kinds: stamp the ATRIUID into DICOM, or place the file in quarantine unchanged.
+DICOM, COPY = "dicom", "copy"
+KINDS = (DICOM, COPY)
 # A job failed only because deliveries ran out; a redrive from the DLQ may run it again.
 EXHAUSTED_CODE = "ERRL8003"
 
@@ -37,6 +40,7 @@ class Pipeline:
     label: str
     ddfiles: tuple[str, ...]
     enabled: bool = True
+    kind: str = DICOM  # DICOM or COPY
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +82,20 @@ class TrackingStore:
         self._db = db
 
     # -- pipelines -------------------------------------------------------------------------
-    def add_pipeline(self, code: str, label: str, ddfiles: Sequence[str]) -> Pipeline:
+    def add_pipeline(
+        self, code: str, label: str, ddfiles: Sequence[str], kind: str | None = None
+    ) -> Pipeline:
         """Register (or update) a pipeline and the ddfile names it handles.
 
-        Raises ``ValueError`` if a ddfile already belongs to another pipeline.
+        ``kind`` None: a new pipeline is DICOM, an existing one keeps its kind. Raises
+        ``ValueError`` if a ddfile already belongs to another pipeline.
         """
         with self._db.transaction() as cur:
             cur.execute(
-                "INSERT INTO pipeline.edc_pipeline (code, label) VALUES (%s, %s)"
-                " ON CONFLICT (code) DO UPDATE SET label = EXCLUDED.label RETURNING id",
-                (code, label),
+                "INSERT INTO pipeline.edc_pipeline (code, label, kind) VALUES (%s, %s, COALESCE(%s, %s))"
+                " ON CONFLICT (code) DO UPDATE SET label = EXCLUDED.label,"
+                " kind = COALESCE(%s, pipeline.edc_pipeline.kind) RETURNING id",
+                (code, label, kind, DICOM, kind),
             )
             (pipeline_id,) = _one(cur.fetchone())
             for name in ddfiles:
@@ -114,7 +122,7 @@ class TrackingStore:
         """Every pipeline with its ddfile names, by code."""
         with self._db.transaction() as cur:
             cur.execute(
-                "SELECT p.id, p.code, p.label, p.enabled,"
+                "SELECT p.id, p.code, p.label, p.enabled, p.kind,"
                 " coalesce(array_agg(d.ddfile_name ORDER BY d.ddfile_name)"
                 "   FILTER (WHERE d.ddfile_name IS NOT NULL), '{}')"
                 " FROM pipeline.edc_pipeline p"
@@ -122,7 +130,7 @@ class TrackingStore:
                 " GROUP BY p.id ORDER BY p.code"
             )
             rows = cur.fetchall()
-        return [Pipeline(r[0], r[1], r[2], tuple(r[4]), r[3]) for r in rows]
+        return [Pipeline(r[0], r[1], r[2], tuple(r[5]), r[3], r[4]) for r in rows]
 
     def pipeline_by_code(self, code: str) -> Pipeline | None:
         """The pipeline called ``code``, or None."""
@@ -132,13 +140,13 @@ class TrackingStore:
         """The enabled pipeline that handles ``ddfile_name``, or None (the file is ignored)."""
         with self._db.transaction() as cur:
             cur.execute(
-                "SELECT p.id, p.code, p.label FROM pipeline.edc_pipeline_ddfile d"
+                "SELECT p.id, p.code, p.label, p.kind FROM pipeline.edc_pipeline_ddfile d"
                 " JOIN pipeline.edc_pipeline p ON p.id = d.edc_pipeline_id"
                 " WHERE d.ddfile_name = %s AND p.enabled",
                 (ddfile_name,),
             )
             row = cur.fetchone()
-        return Pipeline(row[0], row[1], row[2], (ddfile_name,)) if row else None
+        return Pipeline(row[0], row[1], row[2], (ddfile_name,), kind=row[3]) if row else None
 
     # -- jobs ------------------------------------------------------------------------------
     def open_job(self, pipeline: Pipeline, obj: ObjectCreated, file_name: str, now: datetime) -> Job:
