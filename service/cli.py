@@ -15,6 +15,7 @@ import structlog
 from service.config import Settings
 from service.errors import ConfigError, PermanentError
 from service.logs import configure_logging
+from service.reprocess import add_command as add_reprocess_command
 
 log = structlog.get_logger()
 
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--no-demo", action="store_true", help="start the stack without uploading samples")
     local.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the demo jobs")
     local.set_defaults(run=_run_local)
+    add_reprocess_command(commands)
     return parser
 
 
