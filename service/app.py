@@ -166,6 +166,7 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
         backoff=ExponentialBackoff(settings.retry_backoff_base_s, settings.retry_backoff_max_s),
         poll_wait_s=poll_wait_s,
         renew_leases=lambda owners: tracking.renew_leases(owners, clock(), lease),
+        release_leases=lambda owners: tracking.expire_leases(owners, clock()),
         breaker=breaker,
     )
     return WorkerApp(worker, (pipeline_db, edc_db))

@@ -36,7 +36,14 @@ from service.logs import describe_exception
 from service.processors import is_zip, process_upload
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
 from service.processors.directory import member_suffix
-from service.quarantine import IntegrityRecord, check_fits_s3, place_in_quarantine, quarantine_metadata
+from service.quarantine import (
+    JOB_ID_METADATA,
+    SHA256_METADATA,
+    IntegrityRecord,
+    check_fits_s3,
+    place_in_quarantine,
+    quarantine_metadata,
+)
 from service.reporting import JobReport, Reporter
 from service.retry import is_transient_db_error
 from service.s3io import BucketMissingError, Fingerprint, ObjectRef, ObjectStore, file_fingerprint
@@ -274,6 +281,8 @@ class ObjectHandler:
             # while the message is parked, and runs again in place when the breaker closes.
             return Outcome.paused(dependency)
         if isinstance(exc, PermanentError):
+            if self._complete_from_earlier_upload(attempt, _entry(exc)):
+                return Outcome.done(f"completed earlier, {exc.code} now")
             self._fail(attempt, [_entry(exc)], exc.code)
             return Outcome.done(f"failed {exc.code}")
         if isinstance(exc, RetryableError):
@@ -409,6 +418,31 @@ class ObjectHandler:
             self._reporter.report_completion(report)
         return Outcome.done("completed")
 
+    def _complete_from_earlier_upload(self, attempt: _Attempt, entry: ErrorEntry) -> bool:
+        """An earlier attempt put the file in quarantine and died before recording it; this one
+        was refused (the source version deleted since, the EDC row changed...). The file is in
+        quarantine all the same, so the job is Completed + has_error, never Failed beside an
+        object the labs can see. Returns False when there is no such object."""
+        reserved = self._tracking.reserved_destination(attempt.job.id)
+        if reserved is None:
+            return False
+        bucket, key = reserved
+        existing = self._store.head(bucket, key)
+        if existing is None or existing.get(JOB_ID_METADATA) != str(attempt.job.id):
+            return False
+        attempt.destination = key
+        source = _fingerprint_in(existing, "source-") or attempt.source_print
+        if source is None:  # an object from before the integrity record: nothing true to record
+            return False
+        stored = _fingerprint_in(existing, "")
+        integrity = IntegrityRecord(source, stored, None)
+        now = self._clock()
+        result = JobResult(None, integrity, None, None, None)
+        self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, [entry], now, result)
+        log.warning("job.completed_from_earlier_upload", error_code=entry.code, stage=entry.stage)
+        self._reporter.report_errors(self._report(attempt, COMPLETED), [entry], now)
+        return True
+
     def _wait_for_replica(self, attempt: _Attempt) -> Outcome:
         now = self._clock()
         waited = (now - attempt.source.event_time).total_seconds()
@@ -501,6 +535,12 @@ def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry
             label = f"#{position}{member_suffix(issue.member)}"
         entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
     return entries
+
+
+def _fingerprint_in(metadata: Mapping[str, str], prefix: str) -> Fingerprint | None:
+    """The ``{prefix}bytes`` / ``{prefix}sha256`` pair of a quarantine object's metadata."""
+    size, digest = metadata.get(f"{prefix}bytes", ""), metadata.get(f"{prefix}{SHA256_METADATA}", "")
+    return Fingerprint(int(size), digest) if size.isdigit() and len(digest) == 64 else None
 
 
 def _dependency_of(exc: Exception) -> Dependency | None:

@@ -46,13 +46,17 @@ class Pipeline:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """What a completed job wrote: its series as stamped, the integrity record and the counts."""
+    """What a completed job wrote: its series as stamped, the integrity record and the counts.
 
-    series: Sequence[SeriesSummary]
+    ``series`` None keeps the series rows as allocated, and None counts stay unknown: a job
+    completed from the object an earlier attempt left in quarantine knows no more than that.
+    """
+
+    series: Sequence[SeriesSummary] | None
     integrity: IntegrityRecord
-    members: int
-    instances_stamped: int
-    system_files: int
+    members: int | None
+    instances_stamped: int | None
+    system_files: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +258,18 @@ class TrackingStore:
             )
             return bool(cur.rowcount == 1)
 
+    def expire_leases(self, owners: Sequence[str], now: datetime) -> int:
+        """End the leases ``owners`` hold (a worker shutting down let go of their messages)."""
+        if not owners:
+            return 0
+        with self._db.transaction() as cur:
+            cur.execute(
+                "UPDATE pipeline.edc_pipeline_file SET lease_until = %s"
+                " WHERE lease_owner = ANY(%s) AND status = %s AND lease_until > %s",
+                (now, list(owners), IN_PROGRESS, now),
+            )
+            return int(cur.rowcount)
+
     def lease_remaining_s(self, job_id: int, now: datetime) -> float | None:
         """Seconds until the job's lease runs out (None without a lease)."""
         with self._db.transaction() as cur:
@@ -335,6 +351,17 @@ class TrackingStore:
             raise LeaseLostError(job_id)
         return str(row[0]), str(row[1])
 
+    def reserved_destination(self, job_id: int) -> tuple[str, str] | None:
+        """The quarantine bucket and key reserved for the job, if an attempt got that far."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                "SELECT destination_bucket, destination_key FROM pipeline.edc_pipeline_file"
+                " WHERE id = %s AND destination_key IS NOT NULL",
+                (job_id,),
+            )
+            row = cur.fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
     def complete_job(
         self, job_id: int, owner: str, errors: Sequence[ErrorEntry], now: datetime, result: JobResult
     ) -> None:
@@ -371,7 +398,8 @@ class TrackingStore:
                     result.system_files,
                 ),
             )
-            self._true_series(cur, job_id, result.series)
+            if result.series is not None:
+                self._true_series(cur, job_id, result.series)
             self._insert_errors(cur, job_id, errors, now)
 
     def fail_job(

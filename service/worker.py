@@ -123,6 +123,7 @@ class Worker:
         max_receive_count: int | None = None,
         poll_wait_s: int = LONG_POLL_S,
         renew_leases: Callable[[list[str]], object] | None = None,
+        release_leases: Callable[[list[str]], object] | None = None,
         breaker: CircuitBreaker | None = None,
         max_parked: int | None = None,
     ) -> None:
@@ -135,6 +136,7 @@ class Worker:
         self._max_receive_count = max_receive_count
         self._poll_wait_s = poll_wait_s
         self._renew_leases = renew_leases
+        self._release_leases = release_leases
         self._breaker = breaker or CircuitBreaker({})
         self._max_parked = max_parked if max_parked is not None else 50 * concurrency
         self._heartbeat_s = max(1.0, visibility_timeout_s / 3)
@@ -409,7 +411,18 @@ class Worker:
             log.info("worker.released_parked", count=len(parked))
         if unfinished or parked:
             self._release(unfinished + parked)
+            self._let_go_of_jobs(unfinished + parked)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _let_go_of_jobs(self, messages: list[Message]) -> None:
+        """End the released messages' job leases now, so the next delivery need not wait for
+        them to run out (an abandoned job thread can no longer change its job after that)."""
+        if self._release_leases is None:
+            return
+        try:
+            self._release_leases([Delivery(m.message_id, m.receive_count, None).owner for m in messages])
+        except Exception as exc:  # noqa: BLE001 - the leases then run out on their own
+            log.warning("worker.lease_release_failed", **describe_exception(exc))
 
     def _collect_done(self) -> list[MessageResult]:
         results = []

@@ -268,3 +268,32 @@ def test_an_object_an_earlier_attempt_wrote_is_recorded_as_it_is(stack: TestStac
         None,
     )
     assert '"quarantine.already_written"' in stack.log.getvalue()
+
+
+def test_a_refusal_after_an_earlier_upload_completes_the_job_with_its_code(
+    stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 wrote the quarantine object and could not record it; before attempt 2 the site
+    deleted the upload (ERRL2002). The file is in quarantine, so the job must not say Failed."""
+    import psycopg2
+
+    from service.tracking import TrackingStore
+
+    def unrecorded(*_args: object) -> None:
+        raise psycopg2.errors.QueryCanceled("statement timeout")  # refused, not unreachable
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TrackingStore, "complete_job", unrecorded)
+        with stack.worker():
+            stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+            stack.wait_for(lambda: '"job.retry_later"' in stack.log.getvalue(), what="recording failed")
+    (written,) = stack.quarantine_keys()
+    stack.client("s3").delete_object(Bucket=stack.names.source_bucket, Key=CT_KEY)
+    with stack.worker():
+        (job,) = stack.wait_settled(1, timeout=40)
+    assert (job["status"], job["has_error"], job["error_code"]) == ("Completed", True, "ERRL2002")
+    assert job["destination_key"] == written and stack.quarantine_keys() == [written]
+    head = stack.client("s3").head_object(Bucket=stack.names.destination_bucket, Key=written)["Metadata"]
+    assert (job["quarantine_sha256"], job["source_sha256"]) == (head["sha256"], head["source-sha256"])
+    assert [e["error_code"] for e in stack.errors()] == ["ERRL2002"]  # a retried fault is not recorded
+    assert "ERRL2002" in stack.notifications()[-1]["subject"]

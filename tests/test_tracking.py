@@ -87,3 +87,21 @@ def test_a_job_failed_by_exhausted_deliveries_can_run_again_after_a_redrive(stor
     assert store.claim_job(job, "msg-9:1", T0 + timedelta(seconds=1), LEASE)
     store.complete_job(job, "msg-9:1", [], T0 + timedelta(seconds=2), NOTHING)
     assert not store.claim_job(job, "msg-10:1", T0 + timedelta(hours=2), LEASE)  # settled for good
+
+
+def test_the_holder_of_a_live_lease_may_claim_again_in_place(store: TrackingStore) -> None:
+    """A parked message runs again with the same delivery: its own live lease does not stop it."""
+    job = _job_id(store)
+    assert store.claim_job(job, "msg-1:1", T0, LEASE)
+    assert store.claim_job(job, "msg-1:1", T0 + timedelta(seconds=30), LEASE)
+    assert store.lease_remaining_s(job, T0 + timedelta(seconds=30)) == LEASE.total_seconds()
+
+
+def test_a_worker_shutting_down_ends_its_leases_for_the_next_delivery(store: TrackingStore) -> None:
+    job = _job_id(store)
+    assert store.claim_job(job, "msg-1:1", T0, LEASE)
+    assert store.expire_leases(["msg-1:1", "msg-9:1"], T0 + timedelta(seconds=5)) == 1
+    assert store.claim_job(job, "msg-1:2", T0 + timedelta(seconds=6), LEASE)
+    # The abandoned delivery cannot change the job any more.
+    with pytest.raises(LeaseLostError):
+        store.complete_job(job, "msg-1:1", [], T0 + timedelta(seconds=7), NOTHING)
