@@ -16,7 +16,9 @@ from service.local.samples import bundled_file, write_series_zip
 from tests.stackfixtures import TestStack
 
 
-@pytest.mark.parametrize("command", [[], ["worker"], ["migrate"], ["pipelines", "add"], ["stamp"], ["local"]])
+@pytest.mark.parametrize(
+    "command", [[], ["worker"], ["migrate"], ["pipelines", "add"], ["stamp"], ["local"], ["reprocess"]]
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service", *command, "--help"], capture_output=True, text=True, check=False
