@@ -151,9 +151,9 @@ class Reprocessor:
     out: TextIO
     dry_run: bool = False
     pipeline_code: str | None = None
-    summary: Summary = field(default_factory=Summary)
-    _batch: list[_Pending] = field(default_factory=list)
-    _pipelines: dict[str, str | None] = field(default_factory=dict)  # ddfile -> handling code
+    summary: Summary = field(default_factory=Summary, init=False)
+    _batch: list[_Pending] = field(default_factory=list, init=False)  # waiting to be sent
+    _pipelines: dict[str, str | None] = field(default_factory=dict, init=False)  # ddfile -> code
 
     def run_file_id(self, job_id: int) -> Summary:
         """``--file-id``: one job by its pipeline_file_id (exit code 1 when there is none)."""
