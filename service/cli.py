@@ -14,6 +14,7 @@ import structlog
 
 from service.config import Settings
 from service.errors import ConfigError, PermanentError
+from service.jobcommands import register_job_commands
 from service.logs import configure_logging
 from service.reprocess import add_command as add_reprocess_command
 
@@ -35,6 +36,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `jobs list | head`: the reader has gone; no traceback for that. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         "list", help="list pipelines and their ddfile names", description="List registered pipelines."
     )
     listing.set_defaults(run=_run_pipelines_list)
+    register_job_commands(commands)
 
     stamp = commands.add_parser(
         "stamp",

@@ -71,9 +71,7 @@ class Reporter:
                 location = f"s3://{self._targets.error_log_bucket}/{key}"
             except RetryableError as exc:
                 log.error("report.error_log_failed", error_code=exc.code, pipeline_file_id=job.job_id)
-        codes = sorted({e.code for e in errors})
-        subject = f"EDC image pipeline: {' '.join(codes)} on job {job.job_id or '-'}"
-        self._publish(subject, fit_notification(text, location), job)
+        self._publish(notification_subject(job, errors), fit_notification(text, location), job)
         return location
 
     def report_completion(self, job: JobReport) -> None:
@@ -150,8 +148,84 @@ def fit_notification(text: str, location: str | None, limit: int = NOTIFICATION_
     return "\n".join([*kept, note]) + "\n" + footer
 
 
+SUBJECT_LIMIT = 100  # SNS refuses longer subjects; mail clients show about this much
+_EXHAUSTED = "ERRL8003"
+
+
+def notification_subject(job: JobReport, errors: Sequence[ErrorEntry]) -> str:
+    """One line, at most 100 characters: the job, what became of it, the first code and its meaning.
+
+    ``EDC image pipeline: job 42 Failed, ERRS1012 File is not DICOM``; with several codes,
+    ``(+2 more)`` after the first.
+    """
+    first = errors[0].code if errors else "-"
+    status = _status_phrase(job, errors)
+    more = len({e.code for e in errors}) - 1
+    head = f"EDC image pipeline: job {job.job_id if job.job_id is not None else '-'} {status}, {first}"
+    tail = f" (+{more} more)" if more > 0 else ""
+    meaning = meaning_of(first) if errors else ""
+    room = SUBJECT_LIMIT - len(head) - len(tail) - 1
+    if room < 8:
+        return (head + tail)[:SUBJECT_LIMIT]
+    if len(meaning) > room:
+        meaning = meaning[: room - 3].rstrip(" ,:;") + "..."
+    return f"{head} {meaning}{tail}".replace("\n", " ")
+
+
+def _status_phrase(job: JobReport, errors: Sequence[ErrorEntry]) -> str:
+    if job.job_id is None:
+        return "not started"
+    if job.status == "Completed":
+        return "in quarantine with a problem"
+    if any(e.code == _EXHAUSTED for e in errors):
+        return "Failed (deliveries exhausted)"
+    return job.status
+
+
+# What an admin can do about a code beyond the generic next steps (ids and commands only).
+_ADVICE = {
+    "ERRL1001": "The object's key does not fit the source layout: check what wrote it (no job was made).",
+    "ERRL1002": "The EDC read replica did not answer: check it; the job is retried by itself.",
+    "ERRL1003": "Once the EDC record exists in the replica, reprocess the job.",
+    "ERRL1004": "The EDC lookup query failed: check EDC_LOOKUP_SQL against the replica's schema.",
+    "ERRL1005": "Several EDC rows match the file: correct the EDC data, then reprocess the job.",
+    "ERRL2002": "The source version was deleted or overwritten: ask the site to upload the file again.",
+    "ERRL2003": "Larger than MAX_OBJECT_BYTES: raise the limit (and the task's storage) or refuse the file.",
+    "ERRL2004": "Cannot fit WORK_DIR: give the task more ephemeral storage, then reprocess the job.",
+    "ERRL4001": "An EDC field the quarantine name needs is empty: complete the EDC record, then reprocess.",
+    "ERRL4002": "The copy to the destination bucket failed: check DESTINATION_BUCKET and the task role.",
+    "ERRL4004": "The quarantine key holds another job's object: nothing was overwritten; investigate.",
+    "ERRL4005": "EDC names make the quarantine key too long: shorten them or the key template.",
+    _EXHAUSTED: "The message is in the dead-letter queue: fix the cause, then `python -m service redrive`.",
+    "ERRS1001": "The message is not an S3 event: inspect it in the dead-letter queue "
+    "(`python -m service redrive --dry-run`).",
+    "ERRS1002": "The file is corrupt or truncated: ask the site to upload it again.",
+    "ERRS1012": "The file is not DICOM: ask the site to upload the right file.",
+    "ERRS1013": "A non-DICOM member was carried over unchanged; the labs may ignore it.",
+    "ERRS1015": "The zip archive is unreadable: ask the site to upload it again.",
+    "ERRS1016": "The zip archive exceeds a safety limit (ZIP_MAX_*): check the upload before raising them.",
+    "ERRS1020": "Too large for the in-memory rewrite: raise MAX_IN_MEMORY_BYTES (and the task's memory).",
+}
+
+
+def next_steps(job: JobReport, errors: Sequence[ErrorEntry]) -> list[str]:
+    """What the admin can do next: the commands to look at and to rerun the job, and advice for
+    the codes that have some."""
+    steps = []
+    if job.job_id is not None:
+        steps.append(f"see the job: python -m service jobs show {job.job_id}")
+        if job.status == "Completed":
+            steps.append(f"the file is in quarantine: {job.destination or '-'}")
+        if job.status == "Failed" or any(e.code == _EXHAUSTED for e in errors):
+            steps.append(f"after fixing the cause: python -m service reprocess --file-id {job.job_id}")
+    for code in dict.fromkeys(e.code for e in errors):
+        if code in _ADVICE:
+            steps.append(f"{code}: {_ADVICE[code]}")
+    return steps
+
+
 def render_error_log(job: JobReport, errors: Sequence[ErrorEntry], now: datetime) -> str:
-    """The error log text: one header block, then one line per error."""
+    """The error log text: one header block, one line per error, then what to do next."""
     version = job.source.version_id or job.source.etag or "-"
     lines = [
         "EDC image pipeline error log",
@@ -166,4 +240,8 @@ def render_error_log(job: JobReport, errors: Sequence[ErrorEntry], now: datetime
     for error in errors:
         where = f" member={error.member}" if error.member else ""
         lines.append(f"  {error.code} [{error.stage}]{where} {meaning_of(error.code)}: {error.message}")
+    steps = next_steps(job, errors)
+    if steps:
+        lines.append("next steps:")
+        lines.extend(f"  {step}" for step in steps)
     return "\n".join(lines) + "\n"

@@ -37,3 +37,19 @@ def since_type(clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Cal
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
+
+
+def parse_duration(text: str) -> timedelta:
+    """A length of time such as ``90m`` or ``6h``. Raises ``ValueError`` with a one-line reason."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"expected a duration like 30m, 6h or 2d, got {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def duration_type(text: str) -> timedelta:
+    """An argparse ``type=`` for a duration option (``--older-than``); a bad value exits 2."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -17,7 +17,21 @@ from tests.stackfixtures import TestStack
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["worker"], ["migrate"], ["pipelines", "add"], ["stamp"], ["local"], ["reprocess"]]
+    "command",
+    [
+        [],
+        ["worker"],
+        ["migrate"],
+        ["pipelines", "add"],
+        ["stamp"],
+        ["local"],
+        ["jobs"],
+        ["jobs", "list"],
+        ["jobs", "show"],
+        ["inventory"],
+        ["inventory", "export"],
+        ["reprocess"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(

@@ -146,7 +146,11 @@ def test_bad_file_fails_with_its_code_and_is_reported(stack: TestStack, tmp_path
     text = stack.read(stack.names.error_log_bucket, log_key).decode()
     assert code in text and f"pipeline_file_id: {job['id']}" in text and key in text
     (note,) = stack.notifications()
-    assert code in note["subject"] and f"job {job['id']}" in note["subject"]
+    assert code in note["subject"] and f"job {job['id']} Failed" in note["subject"]
+    assert len(note["subject"]) <= 100 and "\n" not in note["subject"]
+    # What the admin can do next, as command lines.
+    assert f"python -m service jobs show {job['id']}" in note["message"]
+    assert f"python -m service reprocess --file-id {job['id']}" in note["message"]
 
 
 def test_duplicate_delivery_makes_one_job_and_one_object(stack: TestStack) -> None:
