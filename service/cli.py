@@ -17,6 +17,7 @@ from service.errors import ConfigError, PermanentError
 from service.jobcommands import register_job_commands
 from service.logs import configure_logging
 from service.redrive import register_redrive_command
+from service.reprocess import add_command as add_reprocess_command
 
 log = structlog.get_logger()
 
@@ -85,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="ddfiles",
         help="an EDC ddfile name this pipeline handles (repeatable; may contain spaces)",
     )
+    add.add_argument(
+        "--kind",
+        choices=("dicom", "copy"),
+        help="dicom: stamp the ATRIUID (the default for a new pipeline); copy: place files in "
+        "quarantine unchanged (audio, PDF...). Given for an existing pipeline, changes its kind.",
+    )
     add.set_defaults(run=_run_pipelines_add)
     listing = pipeline_commands.add_parser(
         "list", help="list pipelines and their ddfile names", description="List registered pipelines."
@@ -116,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     local.set_defaults(run=_run_local)
 
     register_redrive_command(commands)
+    add_reprocess_command(commands)
     return parser
 
 
@@ -181,11 +189,13 @@ def _run_pipelines_add(args: argparse.Namespace, settings: Settings) -> int:
     store = _tracking(settings)
     assert isinstance(store, TrackingStore)
     try:
-        pipeline = store.add_pipeline(args.code, args.label, args.ddfiles)
+        pipeline = store.add_pipeline(args.code, args.label, args.ddfiles, args.kind)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"pipeline {pipeline.code} (id {pipeline.id}) handles: {', '.join(pipeline.ddfiles)}")
+    print(
+        f"pipeline {pipeline.code} (id {pipeline.id}, {pipeline.kind}) handles: {', '.join(pipeline.ddfiles)}"
+    )
     return 0
 
 
@@ -195,11 +205,10 @@ def _run_pipelines_list(_args: argparse.Namespace, settings: Settings) -> int:
     store = _tracking(settings)
     assert isinstance(store, TrackingStore)
     rows = store.list_pipelines()
-    print(f"{'id':>4}  {'code':<16} {'enabled':<8} {'label':<28} ddfiles")
+    print(f"{'id':>4}  {'code':<16} {'kind':<6} {'enabled':<8} {'label':<28} ddfiles")
     for p in rows:
-        print(
-            f"{p.id:>4}  {p.code:<16} {'yes' if p.enabled else 'no':<8} {p.label:<28} {', '.join(p.ddfiles)}"
-        )
+        enabled = "yes" if p.enabled else "no"
+        print(f"{p.id:>4}  {p.code:<16} {p.kind:<6} {enabled:<8} {p.label:<28} {', '.join(p.ddfiles)}")
     return 0
 
 

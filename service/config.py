@@ -46,6 +46,7 @@ _PURPOSE = {
     "DESTINATION_BUCKET": "the bucket whose quarantine prefix receives stamped files",
     "EDC_DATABASE_URL": "the EDC read replica the worker looks files up in",
     "PIPELINE_DATABASE_URL": "the pipeline tracking database",
+    "SOURCE_BUCKET": "the upload bucket that reprocess --prefix lists",
 }
 
 

@@ -2,7 +2,8 @@
 
 Accepted shapes (CONTRACT section 2): an S3 event notification, the same wrapped in an SNS
 notification, and the EventBridge "Object Created" event. ``s3:TestEvent`` and non-creation
-events yield no objects. Anything else raises ``MalformedMessageError``.
+events yield no objects. The ``reprocess`` command's own message (``REPROCESS_MESSAGE``) names
+the job to run. Anything else raises ``MalformedMessageError``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class ObjectCreated:
     etag: str | None
     size: int | None
     event_time: datetime
+    # Set by a reprocess message: run this job (its own row, already recorded) instead of the
+    # object version's first job.
+    job_id: int | None = None
 
     @property
     def version_or_etag(self) -> str:
@@ -37,6 +41,30 @@ class ParsedMessage:
 
     objects: tuple[ObjectCreated, ...]
     ignored: int  # records that were valid but not object creations (test events, deletions)
+
+
+# The marker of the ``reprocess`` command's message:
+# {"edc_image_pipeline": "reprocess", "pipeline_file_id": M, "bucket": ..., "key": ... (not
+#  URL-encoded), "version_id": ... | null, "etag": ... | null, "size": ... | null,
+#  "requested_at": ISO-8601}
+MESSAGE_MARKER = "edc_image_pipeline"
+REPROCESS_MESSAGE = "reprocess"
+
+
+def reprocess_message(source: ObjectCreated) -> dict[str, Any]:
+    """The message that asks the worker to run job ``source.job_id`` on ``source``'s version."""
+    if source.job_id is None:
+        raise ValueError("a reprocess message names a job")
+    return {
+        MESSAGE_MARKER: REPROCESS_MESSAGE,
+        "pipeline_file_id": source.job_id,
+        "bucket": source.bucket,
+        "key": source.key,
+        "version_id": source.version_id,
+        "etag": source.etag,
+        "size": source.size,
+        "requested_at": source.event_time.isoformat(),
+    }
 
 
 class MalformedMessageError(ValueError):
@@ -73,6 +101,8 @@ def _parse_document(document: Any, depth: int) -> ParsedMessage:
         except (json.JSONDecodeError, TypeError):
             raise MalformedMessageError("SNS Message is not JSON") from None
         return _parse_document(inner, depth + 1)
+    if MESSAGE_MARKER in document:
+        return ParsedMessage(objects=(_parse_reprocess(document),), ignored=0)
     if document.get("Event") == "s3:TestEvent":
         return ParsedMessage(objects=(), ignored=1)
     if "Records" in document:
@@ -133,6 +163,29 @@ def _parse_eventbridge(document: dict[str, Any]) -> ParsedMessage:
             "EventBridge event lacks detail.bucket.name or detail.object.key"
         ) from None
     return ParsedMessage(objects=(created,), ignored=0)
+
+
+def _parse_reprocess(document: dict[str, Any]) -> ObjectCreated:
+    """The reprocess command's message; every field is checked, as the command wrote them all."""
+    if document[MESSAGE_MARKER] != REPROCESS_MESSAGE:
+        raise MalformedMessageError(f"unknown {MESSAGE_MARKER} message")
+    job_id = document.get("pipeline_file_id")
+    if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id <= 0:
+        raise MalformedMessageError("reprocess message lacks a pipeline_file_id")
+    size = document.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise MalformedMessageError("reprocess message has a malformed size")
+    version_id = _optional_text(document.get("version_id"), "version_id")
+    etag = _optional_text(document.get("etag"), "etag")
+    return ObjectCreated(
+        bucket=_name(document.get("bucket"), "bucket name"),
+        key=_name(document.get("key"), "object key"),  # as stored, not URL-encoded
+        version_id=version_id,
+        etag=etag,
+        size=size,
+        event_time=_parse_time(document.get("requested_at")),
+        job_id=job_id,
+    )
 
 
 def _name(raw: Any, what: str) -> str:

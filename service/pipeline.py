@@ -7,6 +7,7 @@ recorded as Failed only on the last delivery the queue allows.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,7 @@ from service.retry import is_transient_db_error
 from service.s3io import BucketMissingError, Fingerprint, ObjectRef, ObjectStore, file_fingerprint
 from service.tracking import (
     COMPLETED,
+    COPY,
     EXHAUSTED_CODE,
     FAILED,
     Job,
@@ -211,15 +213,22 @@ class ObjectHandler:
             # recording it would write an error log, whose event would come back here.
             log.info("job.not_a_source_object", bucket=source.bucket)
             return Outcome.done("not a source object")
-        ddfile = ddfile_name_of(source.key)
-        if ddfile is None:
-            return self._reject_unplaceable(source)
-        pipeline = self._tracking.pipeline_for_ddfile(ddfile)
-        if pipeline is None:
-            log.info("pipeline.ddfile_not_handled", ddfile_name=ddfile)
-            return Outcome.done("ddfile not handled")
         now = self._clock()
-        job = self._tracking.open_job(pipeline, source, source.key.rsplit("/", 1)[-1], now)
+        if source.job_id is not None:  # a reprocess message: its job is recorded already
+            found = self._tracking.execution(source.job_id, source)
+            if found is None:
+                return self._reject_unknown_execution(source, delivery)
+            pipeline, job = found
+        else:
+            ddfile = ddfile_name_of(source.key)
+            if ddfile is None:
+                return self._reject_unplaceable(source)
+            handling = self._tracking.pipeline_for_ddfile(ddfile)
+            if handling is None:
+                log.info("pipeline.ddfile_not_handled", ddfile_name=ddfile)
+                return Outcome.done("ddfile not handled")
+            pipeline = handling
+            job = self._tracking.open_job(pipeline, source, source.key.rsplit("/", 1)[-1], now)
         with structlog.contextvars.bound_contextvars(pipeline_code=pipeline.code, pipeline_file_id=job.id):
             if job.is_settled:
                 log.info("job.duplicate_delivery", status=job.status)
@@ -313,8 +322,10 @@ class ObjectHandler:
         with tempfile.TemporaryDirectory(prefix="edc-job-", dir=work_dir) as tmp:
             result = self._stamp(attempt, Path(tmp))
             issues = member_issue_entries(Path(tmp) / "source", result)
-            output = file_fingerprint(Path(tmp) / "output")
             assert attempt.source_print is not None
+            # A copy's output is the source itself, already hashed as it streamed in.
+            copied = attempt.pipeline.kind == COPY
+            output = attempt.source_print if copied else file_fingerprint(Path(tmp) / "output")
             metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
             # Reserved just before the upload: a job that fails earlier has no quarantine key. A
             # retry writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
@@ -349,15 +360,20 @@ class ObjectHandler:
                 raise RetryableError("ERRS1003", "tracking UIDs belong to another job", Stage.TRACKING)
             return uids
 
-        result = process_upload(
-            tmp / "source",
-            tmp / "output",
-            allocate,
-            tracking_tag=self._options.tracking_tag,
-            limits=self._options.zip_limits,
-            work_dir=tmp,
-            max_in_memory_bytes=self._options.max_in_memory_bytes,
-        )
+        if attempt.pipeline.kind == COPY:
+            # No DICOM processing: the output is the downloaded file, linked rather than copied.
+            os.link(tmp / "source", tmp / "output")
+            result = ProcessResult(series=(), issues=(), instances_stamped=0, members=1)
+        else:
+            result = process_upload(
+                tmp / "source",
+                tmp / "output",
+                allocate,
+                tracking_tag=self._options.tracking_tag,
+                limits=self._options.zip_limits,
+                work_dir=tmp,
+                max_in_memory_bytes=self._options.max_in_memory_bytes,
+            )
         log.info(
             "job.processed",
             bytes=attempt.source_print.size,
@@ -470,6 +486,19 @@ class ObjectHandler:
         report = JobReport(source=source, pipeline_code=None, job_id=None, created_at=now, status=FAILED)
         self._reporter.report_errors(report, [entry], now)
         return Outcome.done("key layout")
+
+    def _reject_unknown_execution(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
+        """A reprocess message naming a job that does not exist or is another file's: ERRS1001,
+        recorded and acknowledged (running it again would not make it match)."""
+        now = self._clock()
+        reason = f"reprocess message names job {source.job_id}, which is not a job of this object version"
+        entry = ErrorEntry("ERRS1001", reason, Stage.EVENT)
+        label = f"(SQS message {delivery.message_id}) {source.key}"
+        self._tracking.record_error(None, label, entry.code, entry.message, entry.stage, now)
+        log.warning("job.unknown_execution", error_code=entry.code, requested_job_id=source.job_id)
+        report = JobReport(source=source, pipeline_code=None, job_id=None, created_at=now, status=FAILED)
+        self._reporter.report_errors(report, [entry], now)
+        return Outcome.done("unknown execution")
 
     def _report(self, attempt: _Attempt, status: str) -> JobReport:
         return JobReport(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,16 @@ class ObjectRef:
     key: str
     version_id: str | None = None
     etag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    """One current object of a listing: its key and exact version."""
+
+    key: str
+    etag: str | None
+    size: int
+    version_id: str | None  # on a versioned bucket; None otherwise
 
 
 class BucketMissingError(RetryableError):
@@ -242,6 +252,30 @@ class ObjectStore:
         with contextlib.suppress(botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
+    def list_objects(self, bucket: str, prefix: str) -> Iterator[ListedObject]:
+        """The current objects under ``prefix``, page by page, with their version ids when the
+        bucket is versioned. botocore's errors propagate (an operator command's listing)."""
+        status = self._s3.get_bucket_versioning(Bucket=bucket).get("Status")
+        if status in ("Enabled", "Suspended"):
+            pages = self._s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+            for page in pages:
+                for version in page.get("Versions", []):
+                    if version.get("IsLatest"):
+                        # "null": written while the bucket was unversioned; the ETag names it.
+                        version_id = version.get("VersionId")
+                        yield ListedObject(
+                            version["Key"],
+                            _listed_etag(version.get("ETag")),
+                            int(version.get("Size", 0)),
+                            None if version_id in (None, "null") else version_id,
+                        )
+            return
+        for listing in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in listing.get("Contents", []):
+                yield ListedObject(
+                    item["Key"], _listed_etag(item.get("ETag")), int(item.get("Size", 0)), None
+                )
+
     def put_text(self, bucket: str, key: str, text: str) -> None:
         """Write a small UTF-8 text object (error logs). Raises ``RetryableError`` ERRL4007."""
         try:
@@ -265,6 +299,10 @@ def file_fingerprint(path: Path) -> Fingerprint:
             digest.update(chunk)
             size += len(chunk)
     return Fingerprint(size, digest.hexdigest())
+
+
+def _listed_etag(raw: str | None) -> str | None:
+    return raw.strip('"') or None if raw else None
 
 
 def _sha256_file(path: Path) -> str:

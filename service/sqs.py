@@ -132,6 +132,24 @@ class Queue:
         response = self._sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["RedrivePolicy"])
         return {str(name): value for name, value in response.get("Attributes", {}).items()}
 
+    def send_batch(self, bodies: Sequence[str]) -> list[int]:
+        """Send up to 10 messages in one call; return the positions of those SQS did not take.
+
+        A call that still fails after retries fails them all (nothing is known to be sent).
+        """
+        if len(bodies) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} messages per batch")
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+        try:
+            response = self._send_batch(entries)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.warning("sqs.send_failed", error_type=type(exc).__name__, messages=len(bodies))
+            return list(range(len(bodies)))
+        failed = response.get("Failed", [])
+        for entry in failed:
+            log.warning("sqs.send_failed", code=entry.get("Code"), messages=1)
+        return sorted(int(entry["Id"]) for entry in failed)
+
     @aws_retry
     def send(self, body: str) -> str:
         """Send one message (tests); return its id."""

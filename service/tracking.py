@@ -6,6 +6,7 @@ gives reproducible rows (the golden test relies on it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,9 @@ from service.quarantine import IntegrityRecord
 from service.s3io import Fingerprint
 
 STARTED, IN_PROGRESS, COMPLETED, FAILED = "Started", "In Progress", "Completed", "Failed"
+# Pipeline kinds: stamp the ATRIUID into DICOM, or place the file in quarantine unchanged.
+DICOM, COPY = "dicom", "copy"
+KINDS = (DICOM, COPY)
 # A job failed only because deliveries ran out; a redrive from the DLQ may run it again.
 EXHAUSTED_CODE = "ERRL8003"
 
@@ -37,6 +41,7 @@ class Pipeline:
     label: str
     ddfiles: tuple[str, ...]
     enabled: bool = True
+    kind: str = DICOM  # DICOM or COPY
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,48 @@ class Job:
 
 _JOB_COLUMNS = "id, edc_pipeline_id, status, has_error, error_code, created_at, attempts"
 
+# An ETag as S3 writes it: an MD5 in hex, with "-N" after a multipart upload's.
+_ETAG = re.compile(r"^[0-9a-fA-F]{32}(-[0-9]+)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A job row as the ``reprocess`` command sees it: its state and the exact source version."""
+
+    id: int
+    pipeline_id: int
+    pipeline_code: str
+    status: str
+    error_code: str | None
+    attempts: int
+    lease_until: datetime | None
+    created_at: datetime
+    reprocess_of: int | None
+    bucket: str
+    key: str
+    version: str  # source_version: the version id, else the ETag (what one-job-per-version keys on)
+    version_id: str | None
+    etag: str | None
+    size: int | None
+
+    @property
+    def exact_version(self) -> tuple[str | None, str | None]:
+        """(version id, ETag) of the source version. Rows written before migration 0004 hold only
+        ``source_version``: an ETag when it looks like one, else a version id."""
+        if self.version_id or self.etag:
+            return self.version_id, self.etag
+        if not self.version:
+            return None, None
+        return (None, self.version) if _ETAG.match(self.version) else (self.version, None)
+
+
+_STORED_JOBS = (
+    "SELECT f.id, f.edc_pipeline_id, p.code, f.status, f.error_code, f.attempts, f.lease_until,"
+    " f.created_at, f.reprocess_of, f.source_bucket, f.source_key, f.source_version,"
+    " f.source_version_id, f.source_etag, f.source_size"
+    " FROM pipeline.edc_pipeline_file f JOIN pipeline.edc_pipeline p ON p.id = f.edc_pipeline_id"
+)
+
 
 class TrackingStore:
     """Reads and writes the ``pipeline`` schema. Database errors propagate to the caller."""
@@ -82,16 +129,20 @@ class TrackingStore:
         self._db = db
 
     # -- pipelines -------------------------------------------------------------------------
-    def add_pipeline(self, code: str, label: str, ddfiles: Sequence[str]) -> Pipeline:
+    def add_pipeline(
+        self, code: str, label: str, ddfiles: Sequence[str], kind: str | None = None
+    ) -> Pipeline:
         """Register (or update) a pipeline and the ddfile names it handles.
 
-        Raises ``ValueError`` if a ddfile already belongs to another pipeline.
+        ``kind`` None: a new pipeline is DICOM, an existing one keeps its kind. Raises
+        ``ValueError`` if a ddfile already belongs to another pipeline.
         """
         with self._db.transaction() as cur:
             cur.execute(
-                "INSERT INTO pipeline.edc_pipeline (code, label) VALUES (%s, %s)"
-                " ON CONFLICT (code) DO UPDATE SET label = EXCLUDED.label RETURNING id",
-                (code, label),
+                "INSERT INTO pipeline.edc_pipeline (code, label, kind) VALUES (%s, %s, COALESCE(%s, %s))"
+                " ON CONFLICT (code) DO UPDATE SET label = EXCLUDED.label,"
+                " kind = COALESCE(%s, pipeline.edc_pipeline.kind) RETURNING id",
+                (code, label, kind, DICOM, kind),
             )
             (pipeline_id,) = _one(cur.fetchone())
             for name in ddfiles:
@@ -118,7 +169,7 @@ class TrackingStore:
         """Every pipeline with its ddfile names, by code."""
         with self._db.transaction() as cur:
             cur.execute(
-                "SELECT p.id, p.code, p.label, p.enabled,"
+                "SELECT p.id, p.code, p.label, p.enabled, p.kind,"
                 " coalesce(array_agg(d.ddfile_name ORDER BY d.ddfile_name)"
                 "   FILTER (WHERE d.ddfile_name IS NOT NULL), '{}')"
                 " FROM pipeline.edc_pipeline p"
@@ -126,7 +177,7 @@ class TrackingStore:
                 " GROUP BY p.id ORDER BY p.code"
             )
             rows = cur.fetchall()
-        return [Pipeline(r[0], r[1], r[2], tuple(r[4]), r[3]) for r in rows]
+        return [Pipeline(r[0], r[1], r[2], tuple(r[5]), r[3], r[4]) for r in rows]
 
     def pipeline_by_code(self, code: str) -> Pipeline | None:
         """The pipeline called ``code``, or None."""
@@ -136,13 +187,13 @@ class TrackingStore:
         """The enabled pipeline that handles ``ddfile_name``, or None (the file is ignored)."""
         with self._db.transaction() as cur:
             cur.execute(
-                "SELECT p.id, p.code, p.label FROM pipeline.edc_pipeline_ddfile d"
+                "SELECT p.id, p.code, p.label, p.kind FROM pipeline.edc_pipeline_ddfile d"
                 " JOIN pipeline.edc_pipeline p ON p.id = d.edc_pipeline_id"
                 " WHERE d.ddfile_name = %s AND p.enabled",
                 (ddfile_name,),
             )
             row = cur.fetchone()
-        return Pipeline(row[0], row[1], row[2], (ddfile_name,)) if row else None
+        return Pipeline(row[0], row[1], row[2], (ddfile_name,), kind=row[3]) if row else None
 
     # -- jobs ------------------------------------------------------------------------------
     def open_job(self, pipeline: Pipeline, obj: ObjectCreated, file_name: str, now: datetime) -> Job:
@@ -479,6 +530,78 @@ class TrackingStore:
                 " error_code, message, stage, member, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (job_id, source_key, code, message, stage, member, now),
             )
+
+    # -- reprocess ---------------------------------------------------------------------------
+    def execution(self, job_id: int, obj: ObjectCreated) -> tuple[Pipeline, Job] | None:
+        """Job ``job_id`` and its pipeline (even one disabled since), if the job is of ``obj``'s
+        object version; None when there is no such job or it is another file's."""
+        with self._db.transaction() as cur:
+            cur.execute(
+                f"SELECT j.*, p.code, p.label, p.enabled, p.kind FROM (SELECT {_JOB_COLUMNS}"
+                "   FROM pipeline.edc_pipeline_file WHERE id = %s AND source_bucket = %s"
+                "   AND source_key = %s AND source_version = %s) j"
+                " JOIN pipeline.edc_pipeline p ON p.id = j.edc_pipeline_id",
+                (job_id, obj.bucket, obj.key, obj.version_or_etag),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        job = _job(row[:7])
+        return Pipeline(job.pipeline_id, row[7], row[8], (), row[9], row[10]), job
+
+    def stored_job(self, job_id: int) -> StoredJob | None:
+        """Job ``job_id``, or None."""
+        return next(iter(self._stored_jobs("f.id = %s", (job_id,))), None)
+
+    def reprocess_of(self, job_id: int) -> StoredJob | None:
+        """The execution that reprocesses job ``job_id``, if there is one (at most one)."""
+        return next(iter(self._stored_jobs("f.reprocess_of = %s", (job_id,))), None)
+
+    def first_execution(self, bucket: str, key: str, version: str) -> StoredJob | None:
+        """The first job of an object version (version id, else ETag), or None."""
+        where = (
+            "f.source_bucket = %s AND f.source_key = %s AND f.source_version = %s AND f.reprocess_of IS NULL"
+        )
+        return next(iter(self._stored_jobs(where, (bucket, key, version))), None)
+
+    def failed_jobs(
+        self, code: str | None, since: datetime | None, pipeline_code: str | None
+    ) -> list[StoredJob]:
+        """Failed jobs not reprocessed yet, by id: with that error code, created since, of that
+        pipeline (each None: any)."""
+        return self._stored_jobs(
+            "f.status = %s AND (%s::text IS NULL OR f.error_code = %s)"
+            " AND (%s::timestamptz IS NULL OR f.created_at >= %s) AND (%s::text IS NULL OR p.code = %s)"
+            " AND NOT EXISTS (SELECT 1 FROM pipeline.edc_pipeline_file r WHERE r.reprocess_of = f.id)",
+            (FAILED, code, code, since, since, pipeline_code, pipeline_code),
+        )
+
+    def create_reprocess(self, job: StoredJob, now: datetime) -> tuple[StoredJob, bool]:
+        """A new execution of ``job``'s file: status Started, its own id (so its own quarantine
+        name), the same source version. A job is reprocessed at most once: when it was already,
+        that execution is returned instead. True when the row was created now."""
+        version_id, etag = job.exact_version
+        with self._db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO pipeline.edc_pipeline_file (edc_pipeline_id, source_bucket, source_key,"
+                " source_version, source_version_id, source_etag, source_size, event_time, file_name,"
+                " created_at, updated_at, reprocess_of)"
+                " SELECT edc_pipeline_id, source_bucket, source_key, source_version, %s, %s, source_size,"
+                "   %s, file_name, %s, %s, id FROM pipeline.edc_pipeline_file WHERE id = %s"
+                " ON CONFLICT (reprocess_of) WHERE reprocess_of IS NOT NULL DO NOTHING RETURNING id",
+                (version_id, etag, now, now, now, job.id),
+            )
+            created = cur.fetchone() is not None
+        found = self.reprocess_of(job.id)
+        if found is None:
+            raise LookupError(f"job {job.id} does not exist")
+        return found, created
+
+    def _stored_jobs(self, where: str, params: tuple[object, ...]) -> list[StoredJob]:
+        with self._db.transaction() as cur:
+            cur.execute(f"{_STORED_JOBS} WHERE {where} ORDER BY f.id", params)
+            rows = cur.fetchall()
+        return [StoredJob(*row) for row in rows]
 
     def job_fields(self, job_id: int) -> dict[str, object]:
         """The job row as a dict (for error logs and notifications)."""

@@ -31,6 +31,7 @@ from tests.stackfixtures import TestStack
         ["inventory"],
         ["inventory", "export"],
         ["redrive"],
+        ["reprocess"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
