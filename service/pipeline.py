@@ -8,6 +8,7 @@ recorded as Failed only on the last delivery the queue allows.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -362,7 +363,10 @@ class ObjectHandler:
 
         if attempt.pipeline.kind == COPY:
             # No DICOM processing: the output is the downloaded file, linked rather than copied.
-            os.link(tmp / "source", tmp / "output")
+            try:
+                os.link(tmp / "source", tmp / "output")
+            except OSError:  # a file system without hard links
+                shutil.copyfile(tmp / "source", tmp / "output")
             result = ProcessResult(series=(), issues=(), instances_stamped=0, members=1)
         else:
             result = process_upload(
