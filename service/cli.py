@@ -140,6 +140,12 @@ def _run_worker(_args: argparse.Namespace, settings: Settings) -> int:
         app.worker.run()
     finally:
         app.close()
+    if app.worker.stats.abandoned:
+        # The pool's threads still inside abandoned jobs would hold the interpreter's exit
+        # until their downloads end; their messages and job leases are released already.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -90,6 +90,7 @@ class WorkerStats:
     objects: int = 0
     parked: int = 0
     left: int = 0
+    abandoned: int = 0  # jobs still running when the grace ran out (released to other workers)
 
 
 @dataclass(slots=True)
@@ -405,6 +406,7 @@ class Worker:
             self._in_flight.futures.clear()
             parked = [p.message for p in self._in_flight.parked.values()]
             self._in_flight.parked.clear()
+        self.stats.abandoned = len(unfinished)
         if unfinished:
             log.warning("worker.released_unfinished", count=len(unfinished), error_code="ERRL8004")
         if parked:
@@ -441,6 +443,7 @@ class Worker:
             "objects": s.objects,
             "parked": s.parked,
             "left": s.left,
+            "abandoned": s.abandoned,
         }
 
 

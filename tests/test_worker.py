@@ -103,6 +103,7 @@ def test_shutdown_releases_unfinished_messages_for_another_task(stack: TestStack
     )["Attributes"]["ApproximateNumberOfMessages"]
     assert visible == "1"  # visible again at once, not after the 30 s lease
     assert '"worker.released_unfinished"' in stack.log.getvalue()
+    assert worker.stats.abandoned == 1  # the command then exits without joining that thread
 
 
 def test_shutdown_waits_for_running_jobs_within_the_grace(stack: TestStack) -> None:
