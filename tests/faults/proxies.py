@@ -95,6 +95,7 @@ _SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message><RequestId>FAULTPROXY</RequestId></Error>"
 )
+_TRICKLE_CHUNKS = 15
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "upgrade"}
 
 
@@ -114,6 +115,9 @@ class S3FaultProxy:
         self._lock = threading.Lock()
         self.slow_down_share = 0.0  # share of object requests answered 503 SlowDown
         self.hold: Callable[[str, str], float] | None = None  # (method, path) -> seconds to hold
+        # (method, path) -> seconds over which to send the response body: a slow transfer whose
+        # every read still answers well within botocore's 60 s read timeout.
+        self.trickle: Callable[[str, str], float] | None = None
         self.slowed_down = 0
         self.object_requests = 0
         self.held = 0
@@ -145,13 +149,15 @@ class S3FaultProxy:
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else b""
+        trickle_s = 0.0
         if is_object_request(request.path):
             hold_s = self.hold(request.command, request.path) if self.hold else 0.0
+            trickle_s = self.trickle(request.command, request.path) if self.trickle else 0.0
             with self._lock:
                 self.object_requests += 1
                 refuse = self._random.random() < self.slow_down_share
                 self.slowed_down += refuse
-                self.held += hold_s > 0
+                self.held += hold_s > 0 or trickle_s > 0
             if hold_s > 0:
                 time.sleep(hold_s)
             if refuse:
@@ -164,13 +170,17 @@ class S3FaultProxy:
             response = upstream.getresponse()
             payload = response.read()
             kept = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
-            self._reply(request, response.status, kept, payload)
+            self._reply(request, response.status, kept, payload, trickle_s)
         finally:
             upstream.close()
 
     @staticmethod
     def _reply(
-        request: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], payload: bytes
+        request: BaseHTTPRequestHandler,
+        status: int,
+        headers: list[tuple[str, str]],
+        payload: bytes,
+        trickle_s: float = 0.0,
     ) -> None:
         request.send_response_only(status)
         head = request.command == "HEAD"
@@ -181,5 +191,14 @@ class S3FaultProxy:
         if not head:
             request.send_header("Content-Length", str(len(payload)))
         request.end_headers()
-        if not head:
+        if head:
+            return
+        if trickle_s <= 0:
             request.wfile.write(payload)
+            return
+        chunks = _TRICKLE_CHUNKS
+        step = -(-len(payload) // chunks) or 1
+        for start in range(0, len(payload), step):
+            request.wfile.write(payload[start : start + step])
+            request.wfile.flush()
+            time.sleep(trickle_s / chunks)

@@ -107,3 +107,35 @@ def test_sigterm_mid_batch_releases_unfinished_work_at_once(
         takeover_s=round(takeover_s, 1),
         uploads=len(keys),
     )
+
+
+def test_a_file_slower_than_the_lease_is_not_taken_over(
+    fault_stack: Callable[..., TestStack],
+    workers: Callable[..., WorkerProcess],
+    s3_proxy: S3FaultProxy,
+    record_result: Callable[..., None],
+) -> None:
+    """The heartbeat renews the 60 s lease and visibility: a second worker, polling all along,
+    never gets the message of a download that takes 75 s (its bytes trickle in all along)."""
+    stack = fault_stack()
+    hold_s = 75
+    s3_proxy.trickle = hold_source_downloads(stack, hold_s)
+    # Both workers go through the proxy, so a download by either is counted (and held).
+    slow = workers("slow", stack.env, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    slow.wait_started()
+    key = upload_key(1)
+    stack.upload(key, bundled_file("CT_small.dcm"))
+    stack.wait_for(lambda: s3_proxy.held == 1, timeout=30, what="the download under way")
+    started_at = time.monotonic()
+    other = workers("other", stack.env, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    other.wait_started()
+    stack.wait_for(lambda: completed(stack) == 1, timeout=hold_s + 60, what="the slow job completed")
+    took_s = time.monotonic() - started_at
+
+    assert s3_proxy.held == 1, "a second delivery downloaded the file"
+    assert_each_upload_settled_once(stack, [key])
+    (job,) = stack.jobs()
+    assert (job["status"], job["attempts"]) == ("Completed", 1)
+    assert '"job.completed"' in slow.output() and '"job.completed"' not in other.output()
+    wait_queues_empty(stack)
+    record_result("slower_than_the_lease", hold_s=hold_s, lease_s=60, completed_after_s=round(took_s, 1))

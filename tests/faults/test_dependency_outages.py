@@ -116,4 +116,5 @@ def test_s3_slowing_down_half_the_object_requests_for_30_s_loses_nothing(
         answered_503=s3_proxy.slowed_down,
         recovery_s=round(recovery_s, 1),
         max_receive_count=3,
+        uploads=len(keys),
     )
