@@ -8,6 +8,7 @@ say how many more there are and the command that lists them all.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from html import escape
@@ -24,7 +25,12 @@ _FONT = "font-family:Arial,Helvetica,sans-serif;"
 _CELL = "border:1px solid #d0d7de;padding:6px 8px;vertical-align:top;font-size:13px;line-height:18px;"
 _HEAD = _CELL + "background:#f2f4f7;text-align:left;font-weight:bold;color:#24292f;"
 _NUM = _CELL + "text-align:right;white-space:nowrap;"
-_WRAP = _CELL + "word-break:break-all;overflow-wrap:anywhere;"
+# Long names break at their own separators first (<wbr> after "/" and "_"), anywhere if they must.
+_WRAP = _CELL + "overflow-wrap:anywhere;word-break:break-word;"
+_BADGE = (
+    "display:inline-block;margin-top:3px;padding:0 5px;border-radius:3px;background:#fff1c2;color:#7d4e00;"
+)
+_BADGE += "font-family:Arial,Helvetica,sans-serif;font-size:11px;line-height:16px;font-weight:bold;"
 _MONO = "font-family:Consolas,Menlo,monospace;font-size:12px;"
 _H2 = _FONT + "font-size:16px;line-height:22px;color:#24292f;margin:22px 0 8px 0;font-weight:bold;"
 _TABLE = "border-collapse:collapse;width:100%;table-layout:fixed;"
@@ -223,7 +229,7 @@ def render_html(facts: DigestFacts, max_listed: int = MAX_LISTED) -> str:
 def _summary_boxes(facts: DigestFacts) -> str:
     boxes = (
         ("New in quarantine", str(len(facts.files)), "#1a7f37"),
-        ("Instances", str(facts.instances_total), "#24292f"),
+        ("Instances", _n(facts.instances_total), "#24292f"),
         ("With problems", str(len(facts.problems)), "#9a6700" if facts.problems else "#24292f"),
         ("Failed", str(facts.failed_total), "#cf222e" if facts.failed_total else "#24292f"),
     )
@@ -245,7 +251,7 @@ def _summary_boxes(facts: DigestFacts) -> str:
 
 def _status_line(facts: DigestFacts) -> str:
     return _note(
-        f"{facts.series_total} series, {format_size(facts.bytes_total)} in quarantine &middot; "
+        f"{_n(facts.series_total)} series, {format_size(facts.bytes_total)} in quarantine &middot; "
         f"waiting for the EDC: {len(facts.waiting)} &middot; stuck: {len(facts.stuck)} &middot; "
         f"dead-letter queue: {escape(_dlq(facts))}",
         escaped=True,
@@ -270,7 +276,7 @@ def _pipelines_table(facts: DigestFacts) -> str:
     return _table(
         ("pipeline", "received", "in quarantine", "with problems", "failed"),
         (
-            [p.code, str(p.received), str(p.quarantined), str(p.with_problems), str(p.failed)]
+            [p.code, _n(p.received), _n(p.quarantined), _n(p.with_problems), _n(p.failed)]
             for p in facts.pipelines
         ),
         widths=("32%", "17%", "17%", "17%", "17%"),
@@ -283,9 +289,9 @@ def _files_table(facts: DigestFacts, max_listed: int) -> str:
         return _note("No file reached quarantine in this window.")
     rows = (
         [
-            f.quarantine_key + (f"  [problem: {', '.join(f.problem_codes)}]" if f.problem_codes else ""),
-            str(f.series),
-            str(f.instances),
+            _Html(_breakable(f.quarantine_key) + _badge(f.problem_codes)),
+            _n(f.series),
+            _n(f.instances),
             format_size(f.size),
             _uids(f.atri_uids) or "-",
         ]
@@ -305,10 +311,10 @@ def _files_table(facts: DigestFacts, max_listed: int) -> str:
 def _failures_table(facts: DigestFacts) -> str:
     return _table(
         ("code", "meaning", "jobs", "job ids"),
-        ([f.code, f.meaning, str(f.count), _ids(f.job_ids)] for f in facts.failures),
+        ([f.code, f.meaning, _n(f.count), _ids(f.job_ids)] for f in facts.failures),
         widths=("16%", "50%", "10%", "24%"),
         numeric=(2,),
-        wrap=(1, 3),
+        wrap=(3,),
         mono=(0,),
     )
 
@@ -317,7 +323,10 @@ def _problems_table(facts: DigestFacts, max_listed: int) -> str:
     problems = facts.problems
     table = _table(
         ("job", "codes", "quarantine name"),
-        ([str(f.job_id), ", ".join(f.problem_codes), f.quarantine_key] for f in problems[:max_listed]),
+        (
+            [str(f.job_id), ", ".join(f.problem_codes), _Html(_breakable(f.quarantine_key))]
+            for f in problems[:max_listed]
+        ),
         widths=("12%", "22%", "66%"),
         wrap=(1, 2),
         mono=(1, 2),
@@ -344,7 +353,7 @@ def _table(
         cells = []
         for i, value in enumerate(row):
             style = _NUM if i in numeric else _WRAP if i in wrap else _CELL
-            text = escape(value)
+            text = value if isinstance(value, _Html) else escape(value)
             if i in mono:
                 text = f'<span style="{_MONO}">{text}</span>'
             cells.append(f'<td style="{style}">{text}</td>')
@@ -353,6 +362,27 @@ def _table(
         f'<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="{_TABLE}">'
         f"<tr>{head}</tr>{''.join(body)}</table>"
     )
+
+
+class _Html(str):
+    """A cell already written as HTML (escaped by its maker)."""
+
+    __slots__ = ()
+
+
+def _breakable(name: str) -> str:
+    """``name`` escaped, with a line-break opportunity after each "/" and "_"."""
+    return re.sub(r"([/_])", r"\1<wbr>", escape(name))
+
+
+def _badge(codes: Sequence[str]) -> str:
+    if not codes:
+        return ""
+    return f'<br><span style="{_BADGE}">problem: {escape(", ".join(codes))}</span>'
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
 
 
 def _h2(text: str) -> str:
