@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
 
 SNS_LIMIT_BYTES = 250_000  # SNS refuses more than 256 KB (subject and attributes included)
-SNS_SUBJECT_LIMIT = 100
+SNS_SUBJECT_LIMIT = 99  # SNS: "must be less than 100 characters"
 SLACK_TIMEOUT_S = 15
 
 

@@ -28,8 +28,10 @@ import pytest
 import requests
 
 from service.cli import main as cli_main
+from service.db import Database
 from service.digestcommand import register_digest_command
 from service.digestslack import MAX_BLOCKS, MAX_SECTION_CHARS
+from service.digestwindow import SCOPE_ALL, DigestWindows, window_end
 from service.errors import meaning_of
 from service.local.samples import bundled_file, write_mixed_zip, write_series_zip
 from tests.stackfixtures import PIPELINE_CODE, TestStack
@@ -499,3 +501,63 @@ def test_a_stale_sending_claim_is_taken_over_and_a_live_one_is_not(lab: Lab) -> 
     assert len(lab.slack.bodies) == 2
     (claim,) = lab.stack.query("SELECT * FROM pipeline.digest_delivery")
     assert (claim["status"], claim["attempts"]) == ("sent", 2)
+
+
+@pytest.mark.parametrize(
+    ("now", "end"),
+    [
+        ("2030-01-01T08:00:59", "2030-01-01T07:45:00"),  # the settling minute belongs to the previous slot
+        ("2030-01-01T08:01:00", "2030-01-01T08:00:00"),
+        ("2030-01-01T08:16:30", "2030-01-01T08:15:00"),
+        ("2030-01-01T00:00:10", "2029-12-31T23:45:00"),
+    ],
+)
+def test_a_window_ends_a_minute_before_now_floored_to_15_minutes(now: str, end: str) -> None:
+    moment = datetime.fromisoformat(now).replace(tzinfo=UTC)
+    assert window_end(moment) == datetime.fromisoformat(end).replace(tzinfo=UTC)
+
+
+def test_two_runs_at_once_create_one_window(stack: TestStack) -> None:
+    now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
+    found: list[int | None] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_one() -> None:
+        db = Database(stack.pipeline_url, max_connections=1)
+        try:
+            barrier.wait()
+            found.append(DigestWindows(db).open_window(SCOPE_ALL, now).id)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == [] and len(found) == 4 and len(set(found)) == 1
+    assert len(stack.query("SELECT * FROM pipeline.digest_window")) == 1
+
+
+def test_a_window_whose_run_died_before_sending_grows_instead_of_being_skipped(lab: Lab) -> None:
+    now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
+    db = Database(lab.stack.pipeline_url, max_connections=1)
+    try:
+        orphan = DigestWindows(db).open_window(SCOPE_ALL, now)  # recorded, then the run died
+    finally:
+        db.close()
+    seed_job(
+        lab.stack,
+        "Completed",
+        now - timedelta(hours=1),
+        completed_at=now - timedelta(hours=1),
+        key=quarantine_key(1),
+    )
+    assert lab.run(now=now + timedelta(hours=2))[0] == 0
+    (window,) = lab.stack.query("SELECT * FROM pipeline.digest_window")
+    assert (window["id"], window["window_start"]) == (orphan.id, orphan.start)
+    assert window["window_end"] == datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
+    assert quarantine_key(1) in parts(lab.emails()[0])["text/plain"]
