@@ -75,7 +75,7 @@ def slack_payload(facts: DigestFacts) -> dict[str, Any]:
         blocks.append(
             _section(
                 f"*Failed ({facts.failed_total})*",
-                [f"`{f.code}` x{f.count} {f.meaning} (jobs {_ids(f.job_ids)})" for f in facts.failures],
+                [f"`{f.code}` x{f.count} {_esc(f.meaning)} (jobs {_ids(f.job_ids)})" for f in facts.failures],
             )
         )
     if facts.problems:
@@ -121,7 +121,12 @@ def _field(label: str, value: str) -> dict[str, str]:
 
 def _code(text: str) -> str:
     # A backtick would end the code span; quarantine names never hold one, but stay safe.
-    return _clip(text.replace("`", "'"), 300)
+    return _clip(_esc(text).replace("`", "'"), 300)
+
+
+def _esc(text: str) -> str:
+    """Slack's mrkdwn escapes: ``&``, ``<`` and ``>`` (``<...>`` would be read as a link)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _clip(text: str, limit: int) -> str:
