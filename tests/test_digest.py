@@ -561,3 +561,27 @@ def test_a_window_whose_run_died_before_sending_grows_instead_of_being_skipped(l
     assert (window["id"], window["window_start"]) == (orphan.id, orphan.start)
     assert window["window_end"] == datetime(2030, 1, 1, 10, 0, tzinfo=UTC)
     assert quarantine_key(1) in parts(lab.emails()[0])["text/plain"]
+
+
+def test_a_dry_run_needs_no_channel_and_retry_failed_refuses_since(
+    stack: TestStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["digest", "--dry-run"], stack.env) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("dry run of window ") and out[0].endswith(
+        "(all pipelines): 0 new in quarantine, 0 with problems, 0 failed, 0 waiting for the EDC, 0 stuck"
+    )
+    assert out[1] == "dry run: nothing sent, nothing recorded (channels: none configured)"
+    assert stack.query("SELECT * FROM pipeline.digest_window") == []
+    with pytest.raises(SystemExit) as exited:
+        cli_main(
+            ["digest", "--retry-failed", "--since", "1h"], {**stack.env, "SLACK_WEBHOOK_URL": "http://x"}
+        )
+    assert exited.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("error: --retry-failed cannot be combined with --since or --dry-run")
+    )
+    assert cli_main(["digest", "--dry-run", "--pipeline", "NOPE"], stack.env) == 2
+    assert capsys.readouterr().err == "error: no pipeline 'NOPE' (registered: IMAGING)\n"
