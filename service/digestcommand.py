@@ -30,6 +30,7 @@ from service.digestslack import slack_payload
 from service.digestwindow import ClaimResult, DigestWindow, DigestWindows, scope_of
 from service.errors import ConfigError
 from service.jobquery import StuckRule
+from service.logs import configure_logging
 from service.timeargs import since_type
 
 if TYPE_CHECKING:
@@ -87,6 +88,11 @@ def run_digest(args: argparse.Namespace, settings: Settings, clock: Clock = _utc
     if args.output is not None and not args.output.parent.is_dir():
         print(f"error: no such directory {args.output.parent}", file=sys.stderr)
         return EXIT_USAGE
+    # stdout carries the summary lines; logs go to stderr, errors only unless LOG_LEVEL=DEBUG
+    # (as for the jobs commands), so the output stays one line per channel.
+    configure_logging(
+        "DEBUG" if settings.log_level == "DEBUG" else "ERROR", settings.log_format, stream=sys.stderr
+    )
     channels = build_channels(settings)
     if not channels and not args.dry_run:
         print(_NO_CHANNEL, file=sys.stderr)
