@@ -13,6 +13,7 @@ from types import FrameType
 import structlog
 
 from service.config import Settings
+from service.digestcommand import register_digest_command
 from service.errors import ConfigError, PermanentError
 from service.jobcommands import register_job_commands
 from service.logs import configure_logging
@@ -122,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the demo jobs")
     local.set_defaults(run=_run_local)
 
+    register_digest_command(commands)
     register_redrive_command(commands)
     add_reprocess_command(commands)
     return parser

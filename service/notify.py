@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-_SUBJECT_LIMIT = 100  # SNS rejects longer subjects
+_SUBJECT_LIMIT = 99  # SNS: subjects "must be less than 100 characters"
 
 
 class Notifier:

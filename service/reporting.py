@@ -125,35 +125,38 @@ def fit_notification(text: str, location: str | None, limit: int = NOTIFICATION_
     """The error log text as a notification body within SNS's size limit.
 
     A zip with thousands of member issues makes a log larger than SNS accepts (256 KB): keep the
-    header and as many error lines as fit, then say how many were left out and where the whole
-    log is.
+    header and as many error lines as fit, say how many were left out and where the whole log is,
+    and always keep the next steps (what the admin can do is the point of the message).
     """
     footer = f"\nerror log: {location}\n" if location else ""
     if len((text + footer).encode("utf-8")) <= limit:
         return text + footer
     lines = text.splitlines()
+    split = lines.index(_NEXT_STEPS) if _NEXT_STEPS in lines else len(lines)
+    body, steps = lines[:split], lines[split:]
     kept: list[str] = []
-    size = 0
+    size = sum(len(line.encode("utf-8")) + 1 for line in steps)
     budget = limit - 400  # room for the note and the footer
-    for line in lines:
+    for line in body:
         size += len(line.encode("utf-8")) + 1
         if size > budget:
             break
         kept.append(line)
-    left_out = len(lines) - len(kept)
+    left_out = len(body) - len(kept)
     where = (
         f"the full list is in the error log {location}" if location else "the full list is in the database"
     )
     note = f"  ... {left_out} more line(s) not shown: {where}"
-    return "\n".join([*kept, note]) + "\n" + footer
+    return "\n".join([*kept, note, *steps]) + "\n" + footer
 
 
-SUBJECT_LIMIT = 100  # SNS refuses longer subjects; mail clients show about this much
+_NEXT_STEPS = "next steps:"
+SUBJECT_LIMIT = 99  # SNS: "must be less than 100 characters"; mail clients show about this much
 _EXHAUSTED = "ERRL8003"
 
 
 def notification_subject(job: JobReport, errors: Sequence[ErrorEntry]) -> str:
-    """One line, at most 100 characters: the job, what became of it, the first code and its meaning.
+    """One line, under 100 characters: the job, what became of it, the first code and its meaning.
 
     ``EDC image pipeline: job 42 Failed, ERRS1012 File is not DICOM``; with several codes,
     ``(+2 more)`` after the first.
@@ -166,10 +169,14 @@ def notification_subject(job: JobReport, errors: Sequence[ErrorEntry]) -> str:
     meaning = meaning_of(first) if errors else ""
     room = SUBJECT_LIMIT - len(head) - len(tail) - 1
     if room < 8:
-        return (head + tail)[:SUBJECT_LIMIT]
+        return _one_line(head + tail)[:SUBJECT_LIMIT]
     if len(meaning) > room:
         meaning = meaning[: room - 3].rstrip(" ,:;") + "..."
-    return f"{head} {meaning}{tail}".replace("\n", " ")
+    return _one_line(f"{head} {meaning}{tail}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())  # mail clients and SNS show a subject on one line
 
 
 def _status_phrase(job: JobReport, errors: Sequence[ErrorEntry]) -> str:
@@ -242,6 +249,6 @@ def render_error_log(job: JobReport, errors: Sequence[ErrorEntry], now: datetime
         lines.append(f"  {error.code} [{error.stage}]{where} {meaning_of(error.code)}: {error.message}")
     steps = next_steps(job, errors)
     if steps:
-        lines.append("next steps:")
+        lines.append(_NEXT_STEPS)
         lines.extend(f"  {step}" for step in steps)
     return "\n".join(lines) + "\n"

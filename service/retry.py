@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 import psycopg2
+import requests
 import structlog
 from tenacity import (
     RetryCallState,
@@ -110,3 +111,20 @@ aws_retry: Callable[[F], F] = _policy(is_transient_aws_error, attempts=5, second
 
 db_retry: Callable[[F], F] = _policy(is_transient_db_error, attempts=4, seconds=30)
 """Decorator for one database connect/transaction: up to 4 attempts within 30 s."""
+
+
+class TransientHttpError(Exception):
+    """An HTTP answer another attempt may change (429 or 5xx); ``status`` is the answer's code."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def is_transient_http_error(exc: BaseException) -> bool:
+    """True for a 429/5xx answer, a connection error or a timeout of a plain HTTP call."""
+    return isinstance(exc, TransientHttpError | requests.ConnectionError | requests.Timeout)
+
+
+http_retry: Callable[[F], F] = _policy(is_transient_http_error, attempts=4, seconds=30)
+"""Decorator for one HTTP call (a Slack webhook): up to 4 attempts within 30 s, on 429/5xx/connection."""

@@ -32,6 +32,7 @@ from tests.stackfixtures import TestStack
         ["inventory", "export"],
         ["redrive"],
         ["reprocess"],
+        ["digest"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -8,7 +8,14 @@ import pytest
 
 from service.errors import ERROR_CODES, ErrorEntry, meaning_of
 from service.events import ObjectCreated
-from service.reporting import JobReport, next_steps, notification_subject, render_error_log
+from service.reporting import (
+    NOTIFICATION_LIMIT_BYTES,
+    JobReport,
+    fit_notification,
+    next_steps,
+    notification_subject,
+    render_error_log,
+)
 
 T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
 SOURCE = ObjectCreated("uploads", "subjecteventcrffile/1/101/CT Scan/v1.dcm", None, "e", 10, T0)
@@ -23,7 +30,7 @@ def test_every_code_gives_a_one_line_subject_within_snss_limit(code: str) -> Non
     errors = [ErrorEntry(code, "detail", "process"), ErrorEntry("ERRL8003", "last delivery", "process")]
     for status in ("Failed", "Completed"):
         subject = notification_subject(report(status), errors)
-        assert len(subject) <= 100 and "\n" not in subject, subject
+        assert len(subject) < 100 and "\n" not in subject, subject
         assert subject.startswith("EDC image pipeline: job 42 ") and code in subject
 
 
@@ -69,3 +76,40 @@ def test_the_error_log_carries_the_meanings_and_the_next_steps() -> None:
         "  after fixing the cause: python -m service reprocess --file-id 42\n"
         "  ERRS1002: The file is corrupt or truncated: ask the site to upload it again.\n"
     )
+
+
+def test_a_notification_cut_to_snss_limit_keeps_the_next_steps_and_says_what_was_left_out() -> None:
+    job = report("Completed", destination="quarantine/Imaging_MRISeries/x.zip")
+    errors = [ErrorEntry("ERRS1013", "not DICOM, carried over", "process", f"#{n}.txt") for n in range(9000)]
+    text = render_error_log(job, errors, T0)
+    assert len(text.encode()) > NOTIFICATION_LIMIT_BYTES
+    body = fit_notification(text, "s3://logs/IMAGING/x_error_log.txt")
+    assert len(body.encode()) <= NOTIFICATION_LIMIT_BYTES
+    lines = body.splitlines()
+    assert "pipeline_file_id: 42" in lines and "status: Completed" in lines
+    assert f"  ERRS1013 [process] member=#0.txt {meaning_of('ERRS1013')}: not DICOM, carried over" in lines
+    (note,) = [line for line in lines if "more line(s) not shown" in line]
+    shown = sum(line.startswith("  ERRS1013 [process]") for line in lines)
+    assert note == (
+        f"  ... {9000 - shown} more line(s) not shown: the full list is in the error log "
+        "s3://logs/IMAGING/x_error_log.txt"
+    )
+    steps = lines[lines.index("next steps:") :]
+    assert steps[:3] == [
+        "next steps:",
+        "  see the job: python -m service jobs show 42",
+        "  the file is in quarantine: quarantine/Imaging_MRISeries/x.zip",
+    ]
+    assert body.endswith("error log: s3://logs/IMAGING/x_error_log.txt\n")
+
+
+def test_a_failed_jobs_notification_names_job_code_meaning_stage_and_the_commands_to_run() -> None:
+    errors = [ErrorEntry("ERRL4001", "participant is empty", "quarantine")]
+    subject = notification_subject(report("Failed"), errors)
+    body = fit_notification(render_error_log(report("Failed"), errors, T0), None)
+    assert subject.startswith("EDC image pipeline: job 42 Failed, ERRL4001 Missing required input")
+    assert subject.endswith("...") and len(subject) < 100 and "\n" not in subject  # SNS: under 100
+    assert f"  ERRL4001 [quarantine] {meaning_of('ERRL4001')}: participant is empty" in body
+    assert "pipeline_file_id: 42" in body and "pipeline: IMAGING" in body
+    assert "  see the job: python -m service jobs show 42\n" in body
+    assert "  after fixing the cause: python -m service reprocess --file-id 42\n" in body
