@@ -1,0 +1,579 @@
+"""CI validation of deploy/ecs/stack.yaml: cfn-lint, checkov, and a deployment onto moto.
+
+moto's CloudFormation creates the types it models (KMS, SQS, SNS, IAM, ECS, Logs, Events, EC2
+security group) and warns about the others (queue policy, secrets, scheduler, autoscaling, alarms,
+SNS subscription), which it skips. The deployment test lets exactly those warnings through and
+then checks what was created: the queue and its DLQ, the events rule, the roles and every statement
+of their policies (no wildcard action, resources scoped to the stack), the task definitions. The
+bucket's EventBridge switch is a custom resource moto cannot run (its Lambda needs Docker), so its
+function is run here directly against moto's S3.
+"""
+
+from __future__ import annotations
+
+import ast
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import boto3
+import pytest
+import yaml
+
+from service.events import parse_message
+from service.local.stack import REGION
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "deploy" / "ecs" / "stack.yaml"
+PIPELINE_CODE = "IMAGING"
+ACCOUNT = "123456789012"  # moto's account
+
+# The template's types moto's CloudFormation does not model: it warns and skips them.
+NOT_MODELLED_BY_MOTO = {
+    "AWS::SQS::QueuePolicy",
+    "AWS::SecretsManager::Secret",
+    "AWS::Scheduler::Schedule",
+    "AWS::ApplicationAutoScaling::ScalableTarget",
+    "AWS::ApplicationAutoScaling::ScalingPolicy",
+    "AWS::CloudWatch::Alarm",
+}
+MOTO_SKIP_WARNING = "Tried to parse {} but it's not supported by moto's CloudFormation implementation"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !Sub, ...) read as their long form."""
+
+
+def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template() -> dict[str, Any]:
+    """The template as a dict, short tags in their long form."""
+    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return loaded
+
+
+def checkov_command() -> str | None:
+    """checkov lives in its own venv (its exact pins of boto3 and packaging clash with the project's)."""
+    for candidate in (
+        os.environ.get("CHECKOV"),
+        str(ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"),
+    ):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return shutil.which("checkov")
+
+
+# ---------------------------------------------------------------------------------------- linters
+
+
+def test_template_is_cfn_lint_clean() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("cfn-lint")), str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_template_is_checkov_clean_and_every_skip_is_justified_and_used() -> None:
+    checkov = checkov_command()
+    if checkov is None:
+        pytest.skip("checkov is not installed: scripts/bootstrap test installs it into .venv/tools/checkov")
+    result = subprocess.run(
+        [
+            checkov,
+            "--file",
+            str(TEMPLATE),
+            "--framework",
+            "cloudformation",
+            "--skip-download",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
+    )
+    report = json.loads(result.stdout)
+    results = report["results"]
+    failed = [(c["check_id"], c["resource"], c["check_name"]) for c in results["failed_checks"]]
+    assert not failed, failed
+    assert results["passed_checks"], "checkov checked nothing"
+    # Every skip in the template carries its reason, and each one still suppresses a real finding.
+    declared = {
+        (f"{resource['Type']}.{name}", skip["id"]): skip.get("comment", "")
+        for name, resource in load_template()["Resources"].items()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    }
+    assert all(len(comment) > 20 for comment in declared.values()), declared
+    skipped = {(c["resource"], c["check_id"]) for c in results["skipped_checks"]}
+    assert skipped == set(declared), "a skip in the template no longer matches a check"
+
+
+# ---------------------------------------------------------------------------------------- moto
+
+
+def _client(endpoint: str, service: str) -> Any:
+    return boto3.client(service, endpoint_url=endpoint, region_name=REGION)
+
+
+class MotoSkips:
+    """The resource types moto warned it skipped so far (the warnings of an open ``moto_skips``)."""
+
+    def __init__(self, caught: list[warnings.WarningMessage]) -> None:
+        self._caught = caught
+
+    @property
+    def types(self) -> set[str]:
+        """The skipped types; any warning that is not moto's "not supported" fails the test."""
+        found: set[str] = set()
+        for warning in self._caught:
+            text = str(warning.message)
+            matches = [t for t in NOT_MODELLED_BY_MOTO if text == MOTO_SKIP_WARNING.format(t)]
+            assert matches, f"unexpected warning: {text}"
+            found.update(matches)
+        return found
+
+
+@contextmanager
+def moto_skips() -> Iterator[MotoSkips]:
+    """Let moto's "not supported" warnings through and collect them; any other warning fails.
+
+    moto parses the template again on later calls (describe_stacks resolves the outputs), so the
+    whole stack's life runs inside. The filters are process-wide, so this covers moto's server
+    thread too, where filterwarnings=error would turn the warning into a 500.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        skips = MotoSkips(caught)
+        yield skips
+    assert skips.types <= NOT_MODELLED_BY_MOTO
+
+
+def _create_stack(endpoint: str, parameters: dict[str, str]) -> dict[str, Any]:
+    """Create the stack on moto (inside ``moto_skips``) and describe it."""
+    cloudformation = _client(endpoint, "cloudformation")
+    name = f"edc-{parameters['Study']}"
+    cloudformation.create_stack(
+        StackName=name,
+        TemplateBody=TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    stack: dict[str, Any] = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    return stack
+
+
+@pytest.fixture
+def deployed(moto_endpoint: str) -> Iterator[dict[str, Any]]:
+    """The stack created on moto with the worker on, and what a test needs to inspect it."""
+    study = f"t{uuid.uuid4().hex[:8]}"
+    ec2 = _client(moto_endpoint, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{n}.0/24")["Subnet"]["SubnetId"] for n in (1, 2)]
+    source = f"{study}-uploads"
+    _client(moto_endpoint, "s3").create_bucket(Bucket=source)
+    parameters = {
+        "Study": study,
+        "PipelineCode": PIPELINE_CODE,
+        "WorkerEnabled": "true",
+        "SourceBucketName": source,
+        "EnableSourceBucketEventBridge": "false",  # the custom resource: tested on its own below
+        "DestinationBucketName": f"{study}-labs",
+        "ErrorLogBucketName": f"{study}-logs",
+        "VpcId": vpc,
+        "SubnetIds": ",".join(subnets),
+        "ImageTag": "0123abc",
+        "DigestEmailFrom": "digest@example.org",
+        "DigestEmailTo": "lab@example.org",
+        "DestinationBucketKmsKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/lab-key",
+    }
+    with moto_skips() as skipped:
+        stack = _create_stack(moto_endpoint, parameters)
+        yield {
+            "stack": stack,
+            "skipped": skipped,
+            "outputs": {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])},
+            "prefix": f"edc-{study}-{PIPELINE_CODE}",
+            "study": study,
+            "subnets": subnets,
+            "source": source,
+            "endpoint": moto_endpoint,
+        }
+        _client(moto_endpoint, "cloudformation").delete_stack(StackName=stack["StackName"])
+
+
+def test_stack_is_created_and_moto_skips_only_the_types_it_does_not_model(deployed: dict[str, Any]) -> None:
+    assert deployed["stack"]["StackStatus"] == "CREATE_COMPLETE"
+    assert deployed["skipped"].types == NOT_MODELLED_BY_MOTO
+    template_types = {r["Type"] for r in load_template()["Resources"].values()}
+    assert template_types >= NOT_MODELLED_BY_MOTO
+
+
+def test_queue_has_the_dlq_with_five_deliveries_and_both_are_encrypted(deployed: dict[str, Any]) -> None:
+    sqs = _client(deployed["endpoint"], "sqs")
+    prefix = deployed["prefix"]
+    queue_url = sqs.get_queue_url(QueueName=prefix)["QueueUrl"]
+    dlq_url = sqs.get_queue_url(QueueName=f"{prefix}-dlq")["QueueUrl"]
+    # moto answers with its own endpoint in queue URLs; the outputs hold the AWS form.
+    assert deployed["outputs"]["QueueUrl"] == f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{prefix}"
+    assert (
+        deployed["outputs"]["DeadLetterQueueUrl"]
+        == f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{prefix}-dlq"
+    )
+    queue = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    dlq = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+
+    redrive = json.loads(queue["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == dlq["QueueArn"]
+    assert int(redrive["maxReceiveCount"]) == 5
+    # moto ignores RedriveAllowPolicy in a template: the template's, resolved by hand.
+    allow = load_template()["Resources"]["DeadLetterQueue"]["Properties"]["RedriveAllowPolicy"]
+    (source_arn,) = allow["sourceQueueArns"]
+    resolved = source_arn["Fn::Sub"].replace("${AWS::Partition}", "aws").replace("${AWS::Region}", REGION)
+    resolved = resolved.replace("${AWS::AccountId}", ACCOUNT).replace("${Study}", deployed["study"])
+    assert allow["redrivePermission"] == "byQueue"
+    assert resolved.replace("${PipelineCode}", PIPELINE_CODE) == queue["QueueArn"]
+    assert int(queue["MessageRetentionPeriod"]) == 4 * 86_400
+    assert int(dlq["MessageRetentionPeriod"]) == 14 * 86_400 > int(queue["MessageRetentionPeriod"])
+    assert int(queue["VisibilityTimeout"]) == 60
+    key_arn = deployed["outputs"]["KeyArn"]
+    assert queue["KmsMasterKeyId"] and dlq["KmsMasterKeyId"]
+    assert key_arn.endswith(queue["KmsMasterKeyId"]) or queue["KmsMasterKeyId"] == key_arn
+
+
+def test_uploads_reach_the_queue_through_eventbridge_in_a_shape_the_worker_parses(
+    deployed: dict[str, Any],
+) -> None:
+    endpoint = deployed["endpoint"]
+    s3 = _client(endpoint, "s3")
+    source = deployed["source"]
+    # What the custom resource does on AWS (moto cannot run it): EventBridge delivery on.
+    s3.put_bucket_notification_configuration(
+        Bucket=source, NotificationConfiguration={"EventBridgeConfiguration": {}}
+    )
+    key = "subjecteventcrffile/101/201/CT Scan/v1.dcm"
+    s3.put_object(Bucket=source, Key=key, Body=b"DICM")
+    s3.put_object(Bucket=source, Key="elsewhere/notes.txt", Body=b"not an upload")  # outside the prefix
+
+    sqs = _client(endpoint, "sqs")
+    messages = sqs.receive_message(
+        QueueUrl=deployed["outputs"]["QueueUrl"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+    ).get("Messages", [])
+    assert len(messages) == 1
+    parsed = parse_message(messages[0]["Body"])
+    assert [(o.bucket, o.key) for o in parsed.objects] == [(source, key)]
+
+
+def _inline_policies(iam: Any, role: str) -> dict[str, dict[str, Any]]:
+    names = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    documents = {n: iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"] for n in names}
+    # moto's CloudFormation stores an inline policy as the dict's repr, not as JSON.
+    return {n: ast.literal_eval(d) if isinstance(d, str) else d for n, d in documents.items()}
+
+
+def _grants(iam: Any, role: str) -> dict[str, set[str]]:
+    """action -> resources, over every Allow statement of the role's inline policies."""
+    grants: dict[str, set[str]] = {}
+    for document in _inline_policies(iam, role).values():
+        for statement in document["Statement"]:
+            assert statement["Effect"] == "Allow"
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = (
+                statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            )
+            for action in actions:
+                grants.setdefault(action, set()).update(resources)
+    return grants
+
+
+def test_roles_hold_only_scoped_grants_without_wildcard_actions(deployed: dict[str, Any]) -> None:
+    iam = _client(deployed["endpoint"], "iam")
+    prefix = deployed["prefix"]
+    study = deployed["study"]
+    queue = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{prefix}"
+    dlq = f"{queue}-dlq"
+    admin_topic = deployed["outputs"]["AdminTopicArn"]
+    digest_topic = deployed["outputs"]["DigestTopicArn"]
+    key = deployed["outputs"]["KeyArn"]
+    roles = {
+        name: _grants(iam, f"{prefix}-{name}") for name in ("execution", "worker", "digest", "scheduler")
+    }
+
+    for role, grants in roles.items():
+        for action, resources in grants.items():
+            assert "*" not in action, f"{role}: wildcard action {action}"
+            if action != "ecr:GetAuthorizationToken":  # takes no resource: "*" is the only value
+                assert "*" not in resources, f"{role}: {action} on every resource"
+
+    worker = roles["worker"]
+    assert worker["s3:GetObject"] == {
+        f"arn:aws:s3:::{study}-uploads/subjecteventcrffile/*",
+        f"arn:aws:s3:::{study}-labs/quarantine/*",
+    }
+    assert worker["s3:PutObject"] == {
+        f"arn:aws:s3:::{study}-labs/quarantine/*",
+        f"arn:aws:s3:::{study}-logs/image_pipelines/error_logs/*",
+    }
+    assert worker["s3:ListBucket"] == {f"arn:aws:s3:::{study}-uploads", f"arn:aws:s3:::{study}-labs"}
+    assert worker["sqs:ReceiveMessage"] == {queue, dlq}
+    assert worker["sqs:DeleteMessage"] == {queue, dlq}
+    assert worker["sqs:SendMessage"] == {queue}
+    assert worker["sqs:StartMessageMoveTask"] == {dlq}
+    assert worker["sns:Publish"] == {admin_topic}
+    assert worker["ecs:UpdateTaskProtection"] == {f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{prefix}/*"}
+    assert worker["kms:Decrypt"] == {key, f"arn:aws:kms:{REGION}:{ACCOUNT}:key/lab-key"}
+    assert not {a for a in worker if a.startswith(("iam:", "secretsmanager:"))}
+
+    digest = roles["digest"]
+    assert digest["sns:Publish"] == {digest_topic}
+    assert digest["sqs:GetQueueAttributes"] == {queue, dlq}
+    assert digest["ses:SendRawEmail"] == {
+        f"arn:aws:ses:{REGION}:{ACCOUNT}:identity/digest@example.org",
+        f"arn:aws:ses:{REGION}:{ACCOUNT}:identity/example.org",
+    }
+    assert not {a for a in digest if a.startswith("s3:")}
+
+    execution = roles["execution"]
+    assert set(execution) == {
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchCheckLayerAvailability",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "secretsmanager:GetSecretValue",
+        "kms:Decrypt",
+    }
+    assert execution["ecr:BatchGetImage"] == {f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/edc-image-pipeline"}
+    # moto resolves a Ref to a secret (not modelled) to nothing: the template names the two.
+    template_execution = load_template()["Resources"]["ExecutionRole"]["Properties"]["Policies"][0]
+    (secrets,) = [
+        s for s in template_execution["PolicyDocument"]["Statement"] if s["Sid"] == "DatabaseSecrets"
+    ]
+    assert secrets["Resource"] == [{"Ref": "EdcDatabaseUrlSecret"}, {"Ref": "PipelineDatabaseUrlSecret"}]
+
+    scheduler = roles["scheduler"]
+    assert set(scheduler) == {"ecs:RunTask", "iam:PassRole"}
+    assert scheduler["ecs:RunTask"] == {deployed["outputs"]["DigestTaskDefinitionArn"]}
+    assert scheduler["iam:PassRole"] == {
+        f"arn:aws:iam::{ACCOUNT}:role/{prefix}-execution",
+        f"arn:aws:iam::{ACCOUNT}:role/{prefix}-digest",
+    }
+
+
+def test_task_definitions_run_the_worker_digest_and_migrate_as_the_contract_says(
+    deployed: dict[str, Any],
+) -> None:
+    ecs = _client(deployed["endpoint"], "ecs")
+    outputs = deployed["outputs"]
+
+    worker = ecs.describe_task_definition(taskDefinition=outputs["WorkerTaskDefinitionArn"])["taskDefinition"]
+    # moto drops the ephemeral storage, and the secrets' ARNs (secrets are not modelled): the template's.
+    template_worker = load_template()["Resources"]["WorkerTaskDefinition"]["Properties"]
+    assert template_worker["RequiresCompatibilities"] == ["FARGATE"]
+    assert template_worker["EphemeralStorage"] == {"SizeInGiB": {"Ref": "EphemeralStorageGiB"}}
+    assert [s["ValueFrom"] for s in template_worker["ContainerDefinitions"][0]["Secrets"]] == [
+        {"Ref": "EdcDatabaseUrlSecret"},
+        {"Ref": "PipelineDatabaseUrlSecret"},
+    ]
+    (container,) = worker["containerDefinitions"]
+    assert container["command"] == ["worker"]
+    assert container["stopTimeout"] == 120
+    assert container["user"] == "10001"
+    assert container["healthCheck"]["command"] == ["CMD", "python", "-m", "service", "health"]
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert env["PIPELINE_QUEUE_URL"] == outputs["QueueUrl"]
+    assert env["PIPELINE_DLQ_URL"] == outputs["DeadLetterQueueUrl"]
+    assert env["ADMIN_TOPIC_ARN"] == outputs["AdminTopicArn"]
+    assert env["SHUTDOWN_GRACE_S"] == "90"
+    assert {s["name"] for s in container["secrets"]} == {"EDC_DATABASE_URL", "PIPELINE_DATABASE_URL"}
+    assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["LogGroupName"]
+
+    digest = ecs.describe_task_definition(taskDefinition=outputs["DigestTaskDefinitionArn"])["taskDefinition"]
+    assert digest["containerDefinitions"][0]["command"] == ["digest"]
+    digest_env = {e["name"]: e["value"] for e in digest["containerDefinitions"][0]["environment"]}
+    assert digest_env["DIGEST_TOPIC_ARN"] == outputs["DigestTopicArn"]
+
+    migrate = ecs.describe_task_definition(taskDefinition=outputs["MigrateTaskDefinitionArn"])[
+        "taskDefinition"
+    ]
+    assert migrate["containerDefinitions"][0]["command"] == ["migrate"]
+    assert "taskRoleArn" not in migrate or not migrate["taskRoleArn"]  # it calls no AWS API
+    assert [s["name"] for s in migrate["containerDefinitions"][0]["secrets"]] == ["PIPELINE_DATABASE_URL"]
+
+    command = outputs["MigrateCommand"]
+    assert command.startswith(f"aws ecs run-task --cluster {outputs['ClusterName']} --launch-type FARGATE")
+    assert outputs["MigrateTaskDefinitionArn"] in command
+    assert all(subnet in command for subnet in deployed["subnets"])
+
+    (service,) = ecs.describe_services(cluster=outputs["ClusterName"], services=[outputs["ServiceName"]])[
+        "services"
+    ]
+    assert service["desiredCount"] == 1
+
+
+def test_first_deployment_with_the_worker_off_runs_no_task(moto_endpoint: str) -> None:
+    study = f"t{uuid.uuid4().hex[:8]}"
+    ec2 = _client(moto_endpoint, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.1.0/24")["Subnet"]["SubnetId"]
+    parameters = {
+        "Study": study,
+        "PipelineCode": PIPELINE_CODE,
+        "SourceBucketName": f"{study}-uploads",
+        "EnableSourceBucketEventBridge": "false",
+        "DestinationBucketName": f"{study}-labs",
+        "ErrorLogBucketName": f"{study}-labs",
+        "VpcId": vpc,
+        "SubnetIds": subnet,
+        "ImageTag": "0123abc",
+    }
+    with moto_skips() as skipped:
+        stack = _create_stack(moto_endpoint, parameters)
+        assert stack["StackStatus"] == "CREATE_COMPLETE"
+        ecs = _client(moto_endpoint, "ecs")
+        (service,) = ecs.describe_services(cluster=f"edc-{study}-{PIPELINE_CODE}", services=["worker"])[
+            "services"
+        ]
+        assert service["desiredCount"] == 0
+        _client(moto_endpoint, "cloudformation").delete_stack(StackName=stack["StackName"])
+    # No scalable target or scaling policy while the worker is off (the secrets are still empty).
+    assert skipped.types == NOT_MODELLED_BY_MOTO - {
+        "AWS::ApplicationAutoScaling::ScalableTarget",
+        "AWS::ApplicationAutoScaling::ScalingPolicy",
+    }
+
+
+# ---------------------------------------------------------------------------------------- custom resource
+
+
+def _bucket_function() -> dict[str, Any]:
+    """The custom resource's inline code, loaded as a module namespace."""
+    code = load_template()["Resources"]["BucketEventBridgeFunction"]["Properties"]["Code"]["ZipFile"]
+    namespace: dict[str, Any] = {"__name__": "bucket_eventbridge"}
+    exec(compile(code, "bucket_eventbridge.py", "exec"), namespace)  # noqa: S102 - our own template's code
+    return namespace
+
+
+class _ResponseCatcher(http.server.BaseHTTPRequestHandler):
+    bodies: ClassVar[list[dict[str, Any]]] = []
+
+    def do_PUT(self) -> None:
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def response_url() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local stand-in for CloudFormation's pre-signed response URL; yields (url, bodies PUT to it)."""
+    bodies: ClassVar[list[dict[str, Any]]] = []
+    handler = type("Catcher", (_ResponseCatcher,), {"bodies": bodies})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/response", bodies
+    server.shutdown()
+    server.server_close()
+
+
+def _event(request_type: str, bucket: str, url: str) -> dict[str, Any]:
+    return {
+        "RequestType": request_type,
+        "ResponseURL": url,
+        "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/edc-t/1",
+        "RequestId": "r-1",
+        "LogicalResourceId": "SourceBucketEventBridge",
+        "ResourceProperties": {"BucketName": bucket},
+    }
+
+
+def test_bucket_function_turns_eventbridge_on_and_keeps_the_bucket_s_other_notifications(
+    moto_endpoint: str, response_url: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    function = _bucket_function()
+    bucket = f"t{uuid.uuid4().hex[:8]}-uploads"
+    s3 = _client(moto_endpoint, "s3")
+    sqs = _client(moto_endpoint, "sqs")
+    s3.create_bucket(Bucket=bucket)
+    queue_url = sqs.create_queue(QueueName=f"{bucket}-edc-own")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    edc_own = {"QueueArn": queue_arn, "Events": ["s3:ObjectRemoved:*"]}
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [edc_own]}
+    )
+    sent: list[dict[str, Any]] = []
+
+    class RecordingS3:
+        """moto's S3, with each configuration the function writes recorded (moto's GET omits EventBridge)."""
+
+        def get_bucket_notification_configuration(self, **kwargs: Any) -> Any:
+            return s3.get_bucket_notification_configuration(**kwargs)
+
+        def put_bucket_notification_configuration(self, **kwargs: Any) -> Any:
+            sent.append(kwargs["NotificationConfiguration"])
+            return s3.put_bucket_notification_configuration(**kwargs)
+
+    assert function["enable_eventbridge"](RecordingS3(), bucket) is True
+    (written,) = sent
+    assert written["EventBridgeConfiguration"] == {}
+    assert [(q["QueueArn"], q["Events"]) for q in written["QueueConfigurations"]] == [
+        (queue_arn, ["s3:ObjectRemoved:*"])
+    ]
+    assert (
+        s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"][0]["QueueArn"]
+        == queue_arn
+    )
+
+    # The handler answers CloudFormation: success on create, and a failure it can show on the stack.
+    url, bodies = response_url
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    function["handler"](_event("Create", bucket, url), None)
+    function["handler"](_event("Create", "no-such-bucket-here", url), None)
+    function["handler"](_event("Delete", bucket, url), None)
+    assert [(b["Status"], b["PhysicalResourceId"]) for b in bodies] == [
+        ("SUCCESS", f"{bucket}-eventbridge"),
+        ("FAILED", "no-such-bucket-here-eventbridge"),
+        ("SUCCESS", f"{bucket}-eventbridge"),
+    ]
+    assert "NoSuchBucket" in bodies[1]["Reason"]
+    assert all(
+        b["RequestId"] == "r-1" and b["LogicalResourceId"] == "SourceBucketEventBridge" for b in bodies
+    )
