@@ -153,8 +153,8 @@ def _parse_eventbridge(document: dict[str, Any]) -> ParsedMessage:
             bucket=_name(detail["bucket"]["name"], "bucket name"),
             # EventBridge keys are URL-encoded the same way as S3 notifications.
             key=_decode_key(obj["key"]),
-            version_id=_optional_text(obj.get("version-id"), "version-id"),
-            etag=_clean_etag(obj.get("etag")),
+            version_id=_real_version(_optional_text(obj.get("version-id"), "version-id")),
+            etag=_clean_etag(obj.get("etag", obj.get("eTag"))),  # moto spells it eTag
             size=_optional_int(obj.get("size")),
             event_time=_parse_time(document.get("time")),
         )
@@ -204,6 +204,12 @@ def _decode_key(raw: Any) -> str:
     if not isinstance(raw, str) or not raw:
         raise MalformedMessageError("object key is empty or not a string")
     return _name(unquote_plus(raw), "object key")
+
+
+def _real_version(version_id: str | None) -> str | None:
+    """S3 names the version of an object in an unversioned bucket "null": no version at all, or
+    every re-upload of a key would look like the same object version."""
+    return None if version_id == "null" else version_id
 
 
 def _clean_etag(raw: Any) -> str | None:

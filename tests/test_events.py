@@ -67,6 +67,27 @@ def test_eventbridge_object_created() -> None:
     assert (obj.key, obj.version_id, obj.etag) == ("a b", "v9", "e1")
 
 
+def eventbridge_body(obj: dict[str, object]) -> str:
+    detail = {"bucket": {"name": "src"}, "object": {"key": "k", **obj}}
+    envelope = {"detail-type": "Object Created", "source": "aws.s3", "time": "2026-11-01T10:00:00Z"}
+    return json.dumps({**envelope, "detail": detail})
+
+
+def test_eventbridge_null_version_of_an_unversioned_bucket_is_no_version() -> None:
+    """Two uploads of one key to an unversioned bucket must not look like one object version."""
+    first, second = (
+        parse_message(eventbridge_body({"etag": etag, "version-id": "null"})).objects[0]
+        for etag in ("e1", "e2")
+    )
+    assert (first.version_id, second.version_id) == (None, None)
+    assert first.version_or_etag != second.version_or_etag
+
+
+def test_eventbridge_etag_spelled_as_moto_does_is_read() -> None:
+    (obj,) = parse_message(eventbridge_body({"eTag": '"e7"'})).objects
+    assert obj.etag == "e7"
+
+
 def test_eventbridge_other_detail_type_is_ignored() -> None:
     body = json.dumps({"detail-type": "Object Deleted", "source": "aws.s3", "detail": {}})
     assert parse_message(body).objects == ()
