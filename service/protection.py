@@ -33,6 +33,8 @@ log = structlog.get_logger()
 
 PROTECTION_PATH = "/task-protection/v1/state"
 DEPLOYMENT_BLOCKED = "DEPLOYMENT_BLOCKED"
+# How long a DEPLOYMENT_BLOCKED answer stops new receives.
+BLOCKED_PAUSE_S = 60.0
 _TIMEOUT_S = (1.0, 2.0)  # connect, read: the agent is local; a slow answer must not hold the loop
 
 
@@ -47,7 +49,7 @@ class TaskProtection:
         session: requests.Session | None = None,
         idle_s: float = 10.0,
         retry_s: float = 30.0,
-        blocked_pause_s: float = 60.0,
+        blocked_pause_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = agent_uri.rstrip("/") + PROTECTION_PATH
@@ -55,7 +57,7 @@ class TaskProtection:
         self._session = session or requests.Session()
         self._idle_s = idle_s
         self._retry_s = retry_s
-        self._blocked_pause_s = blocked_pause_s
+        self._blocked_pause_s = BLOCKED_PAUSE_S if blocked_pause_s is None else blocked_pause_s
         self._clock = clock
         self._protected_until: float | None = None  # monotonic; None: not protected (as we know)
         self._idle_since: float | None = None
