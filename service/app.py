@@ -17,10 +17,13 @@ from service.db import Database
 from service.edc import EdcLookup, load_lookup_sql
 from service.errors import ConfigError
 from service.health import PROBE_TIMEOUT_S, worker_probes
+from service.liveness import HeartbeatFile
+from service.metrics import EmfMetrics, Metrics, NoMetrics
 from service.migrate import pending_migrations
 from service.notify import Notifier
 from service.pipeline import Clock, HandlerOptions, ObjectHandler, Reachability
 from service.processors.base import ZipLimits
+from service.protection import TaskProtection
 from service.reporting import Reporter, ReportTargets
 from service.s3io import ObjectStore
 from service.sqs import Queue
@@ -98,7 +101,8 @@ def build_handler(
         notifier,
         ReportTargets(settings.error_log_bucket, settings.error_log_prefix, settings.quarantine_key_template),
     )
-    return ObjectHandler(tracking, edc, store, reporter, options, clock, health)
+    metrics: Metrics = EmfMetrics(settings.study) if settings.metrics == "emf" else NoMetrics()
+    return ObjectHandler(tracking, edc, store, reporter, options, clock, health, metrics)
 
 
 def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int = 20) -> WorkerApp:
@@ -168,6 +172,12 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
         renew_leases=lambda owners: tracking.renew_leases(owners, clock(), lease),
         release_leases=lambda owners: tracking.expire_leases(owners, clock()),
         breaker=breaker,
+        protection=(
+            TaskProtection(settings.ecs_agent_uri, expires_minutes=settings.task_protection_minutes)
+            if settings.ecs_agent_uri
+            else None
+        ),
+        liveness=HeartbeatFile(settings.heartbeat_file),
     )
     return WorkerApp(worker, (pipeline_db, edc_db))
 

@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(run=_run_worker)
 
+    health = commands.add_parser(
+        "health",
+        help="exit 0 while the worker loop makes progress (the container's health check)",
+        description="Read the worker's heartbeat file (HEARTBEAT_FILE): exit 0 when the loop "
+        "touched it within the last 120 s, else 1 with one line saying why.",
+    )
+    health.set_defaults(run=_run_health)
+
     migrate = commands.add_parser(
         "migrate",
         help="apply pending pipeline database migrations",
@@ -149,6 +157,14 @@ def _run_worker(_args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+def _run_health(_args: argparse.Namespace, settings: Settings) -> int:
+    from service.liveness import check_health
+
+    healthy, line = check_health(settings.heartbeat_file)
+    print(line, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
 
 
 def install_stop_handlers(stop: object) -> None:

@@ -7,6 +7,7 @@ Nothing else in the service reads ``os.environ``. A missing or malformed setting
 from __future__ import annotations
 
 import string
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -89,18 +90,25 @@ class Settings:
     zip_max_ratio: float  # ZIP_MAX_RATIO: expanded/compressed size of one member
     log_level: str  # LOG_LEVEL
     log_format: str  # LOG_FORMAT: json | console
+    metrics: str  # METRICS: emf (CloudWatch Embedded Metric Format lines on stdout) | off
+    study: str  # STUDY: the metrics' Study dimension; defaults to SOURCE_BUCKET, else "default"
+    ecs_agent_uri: str | None  # ECS_AGENT_URI: set by ECS; enables task scale-in protection
+    task_protection_minutes: int  # TASK_PROTECTION_MINUTES: protection length, renewed while busy
+    heartbeat_file: Path  # HEARTBEAT_FILE: touched by the worker loop, read by `health`
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Parse and validate ``environ``; raise ``ConfigError`` naming the first bad setting."""
         env = _Reader(environ)
         destination = env.text("DESTINATION_BUCKET")
+        source = env.text("SOURCE_BUCKET")
+        work_dir = env.directory("WORK_DIR")
         return cls(
             aws_region=env.text("AWS_REGION") or env.text("AWS_DEFAULT_REGION"),
             aws_endpoint_url=env.url("AWS_ENDPOINT_URL", ("http", "https")),
             pipeline_queue_url=env.url("PIPELINE_QUEUE_URL", ("http", "https")),
             pipeline_dlq_url=env.url("PIPELINE_DLQ_URL", ("http", "https")),
-            source_bucket=env.text("SOURCE_BUCKET"),
+            source_bucket=source,
             destination_bucket=destination,
             quarantine_prefix=env.prefix("QUARANTINE_PREFIX", "quarantine/"),
             quarantine_key_template=env.template("QUARANTINE_KEY_TEMPLATE"),
@@ -123,7 +131,7 @@ class Settings:
             retry_backoff_base_s=env.integer("RETRY_BACKOFF_BASE_S", 15, low=0, high=43_200),
             retry_backoff_max_s=env.integer("RETRY_BACKOFF_MAX_S", 900, low=0, high=43_200),
             dicom_tracking_tag=env.dicom_tag("DICOM_TRACKING_TAG", "0012,0071"),
-            work_dir=env.directory("WORK_DIR"),
+            work_dir=work_dir,
             max_object_bytes=env.integer("MAX_OBJECT_BYTES", 50 * 1024**3, low=1),
             max_in_memory_bytes=env.integer("MAX_IN_MEMORY_BYTES", 256 * 1024**2, low=1024**2),
             zip_max_members=env.integer("ZIP_MAX_MEMBERS", 20_000, low=1),
@@ -131,6 +139,13 @@ class Settings:
             zip_max_ratio=float(env.integer("ZIP_MAX_RATIO", 200, low=1)),
             log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             log_format=env.choice("LOG_FORMAT", "json", ("json", "console")),
+            metrics=env.choice("METRICS", "emf", ("emf", "off")),
+            study=env.dimension("STUDY") or source or "default",
+            ecs_agent_uri=env.url("ECS_AGENT_URI", ("http", "https")),
+            task_protection_minutes=env.integer("TASK_PROTECTION_MINUTES", 60, low=2, high=2_880),
+            heartbeat_file=Path(
+                env.text("HEARTBEAT_FILE") or Path(work_dir or tempfile.gettempdir()) / "edc-worker.heartbeat"
+            ),
         )
 
     def require(self, *names: str) -> None:
@@ -176,6 +191,13 @@ class _Reader:
         if parts.scheme not in schemes or not (parts.netloc or parts.path):
             # Never echo the value: a database URL may hold a password.
             raise ConfigError(f"malformed setting {name}: expected a {'/'.join(schemes)} URL")
+        return value
+
+    def dimension(self, name: str) -> str | None:
+        """A CloudWatch dimension value: 1-255 printable characters."""
+        value = self.text(name)
+        if value is not None and (len(value) > 255 or not value.isprintable()):
+            raise ConfigError(f"malformed setting {name}: 1-255 printable characters")
         return value
 
     def arn(self, name: str) -> str | None:

@@ -36,8 +36,14 @@ def _redact_phi_fields(
     return event_dict
 
 
+# The stream ``configure_logging`` was given (None: sys.stdout at the time of each line).
+_stream: TextIO | None = None
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Route structlog to ``stream`` (stdout) at ``level``; stdlib loggers (boto3...) to stderr."""
+    global _stream  # one log stream per process, chosen at start-up
+    _stream = stream
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -56,6 +62,15 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
     )
     # Third-party libraries stay quiet unless something is wrong.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+
+
+def write_line(line: str) -> None:
+    """Write one ready-made line (an EMF metrics object) to the log stream, whatever the level.
+
+    Through structlog's ``PrintLogger`` for the same stream, so it takes the same per-stream lock
+    as the log lines: a line from another thread never lands in the middle of this one.
+    """
+    structlog.PrintLogger(_stream or sys.stdout).msg(line)
 
 
 def describe_exception(exc: BaseException) -> dict[str, str]:

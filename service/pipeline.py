@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -34,6 +35,7 @@ from service.keys import (
     render_name,
 )
 from service.logs import describe_exception
+from service.metrics import UNASSIGNED, Metrics, NoMetrics
 from service.processors import is_zip, process_upload
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
 from service.processors.directory import member_suffix
@@ -168,6 +170,11 @@ class _Attempt:
     record: EdcRecord | None = None
     source_print: Fingerprint | None = None
     destination: str | None = None
+    started: float = field(default_factory=time.monotonic)  # for ProcessingDurationMs
+
+    @property
+    def duration_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
 
 
 class ObjectHandler:
@@ -182,6 +189,7 @@ class ObjectHandler:
         options: HandlerOptions,
         clock: Clock,
         health: Reachability | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._tracking = tracking
         self._edc = edc
@@ -190,6 +198,7 @@ class ObjectHandler:
         self._options = options
         self._clock = clock
         self._health = health or _AlwaysReachable()
+        self._metrics: Metrics = metrics or NoMetrics()
 
     def handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
         """Process one object; return how to settle its message. Raises only on database faults
@@ -415,6 +424,7 @@ class ObjectHandler:
             series=len(result.series),
             instances_stamped=result.instances_stamped,
         )
+        self._count_completed(attempt, now)
         report = self._report(attempt, COMPLETED)
         if entries:
             self._reporter.report_errors(report, entries, now)
@@ -444,8 +454,20 @@ class ObjectHandler:
         result = JobResult(None, integrity, None, None, None)
         self._tracking.complete_job(attempt.job.id, attempt.delivery.owner, [entry], now, result)
         log.warning("job.completed_from_earlier_upload", error_code=entry.code, stage=entry.stage)
+        self._count_completed(attempt, now)
         self._reporter.report_errors(self._report(attempt, COMPLETED), [entry], now)
         return True
+
+    def _count_completed(self, attempt: _Attempt, now: datetime) -> None:
+        """The metrics of a job that reached quarantine: the latency runs from the S3 event
+        (for a reprocess, from its request) to now, just after the object was written."""
+        latency_ms = int((now - attempt.source.event_time).total_seconds() * 1000)
+        self._metrics.job_completed(
+            attempt.pipeline.code,
+            duration_ms=attempt.duration_ms,
+            latency_ms=max(0, latency_ms),
+            bytes_processed=attempt.source_print.size if attempt.source_print else None,
+        )
 
     def _wait_for_replica(self, attempt: _Attempt) -> Outcome:
         now = self._clock()
@@ -479,6 +501,7 @@ class ObjectHandler:
             attempt.job.id, attempt.delivery.owner, job_code, entries, now, attempt.source_print
         )
         log.warning("job.failed", error_code=entries[0].code, stage=entries[0].stage)
+        self._metrics.job_failed(attempt.pipeline.code, job_code, duration_ms=attempt.duration_ms)
         self._reporter.report_errors(self._report(attempt, FAILED), entries, now)
 
     def _reject_unplaceable(self, source: ObjectCreated) -> Outcome:
@@ -487,6 +510,7 @@ class ObjectHandler:
         entry = ErrorEntry("ERRL1001", "key does not fit the source layout", Stage.KEY)
         self._tracking.record_error(None, source.key, entry.code, entry.message, entry.stage, now)
         log.warning("job.rejected_key", error_code=entry.code, stage=entry.stage)
+        self._metrics.job_failed(UNASSIGNED, entry.code, duration_ms=None)
         report = JobReport(source=source, pipeline_code=None, job_id=None, created_at=now, status=FAILED)
         self._reporter.report_errors(report, [entry], now)
         return Outcome.done("key layout")

@@ -44,6 +44,25 @@ class Handler(Protocol):
     def report_malformed(self, message_id: str, reason: str) -> None: ...
 
 
+class Protection(Protocol):
+    """Scale-in protection while jobs run (``service.protection.TaskProtection`` on ECS)."""
+
+    @property
+    def receiving_blocked(self) -> bool: ...
+
+    def update(self, *, busy: bool) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class Liveness(Protocol):
+    """Told on every pass of the loop (``service.liveness.HeartbeatFile``)."""
+
+    def beat(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+
 class BackoffPolicy(Protocol):
     """How long a message that failed transiently stays invisible."""
 
@@ -127,6 +146,8 @@ class Worker:
         release_leases: Callable[[list[str]], object] | None = None,
         breaker: CircuitBreaker | None = None,
         max_parked: int | None = None,
+        protection: Protection | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self._queue = queue
         self._handler = handler
@@ -145,6 +166,8 @@ class Worker:
         self._heartbeat_stop = threading.Event()
         self._in_flight = _InFlight()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+        self._protection = protection
+        self._liveness = liveness
         self._paused_logged = False
         self.stats = WorkerStats()
 
@@ -163,16 +186,38 @@ class Worker:
         heartbeat.start()
         try:
             while not self._stop.is_set():
+                self._beat()
                 self._breaker.probe_due()
                 self._dispatch(self._due_parked())
                 messages = self._receive()
                 self._dispatch(messages)
+                self._protect()
                 self._settle(self._finished(block=not messages))
         finally:
             self._drain()
             self._heartbeat_stop.set()
             heartbeat.join(timeout=10)
+            if self._protection is not None:
+                self._protection.release()
+            if self._liveness is not None:
+                self._liveness.remove()
             log.info("worker.stopped", **self._stats_fields())
+
+    def _beat(self) -> None:
+        if self._liveness is not None:
+            self._liveness.beat()
+
+    def _protect(self) -> None:
+        """Scale-in protection follows whether jobs run (parked messages are released at a stop,
+        so they need none). Its own calls are debounced, and never raise."""
+        if self._protection is None:
+            return
+        with self._in_flight.lock:
+            busy = bool(self._in_flight.futures)
+        try:
+            self._protection.update(busy=busy)
+        except Exception as exc:  # noqa: BLE001 - protection must never stop the loop
+            log.warning("worker.protection_failed", **describe_exception(exc))
 
     # -- receive ---------------------------------------------------------------------------
     def _receive(self) -> list[Message]:
@@ -181,9 +226,15 @@ class Worker:
         free = self._concurrency - running
         if free <= 0:
             return []
-        if self._breaker.is_open or parked >= self._max_parked:
+        blocked = self._protection is not None and self._protection.receiving_blocked
+        if self._breaker.is_open or parked >= self._max_parked or blocked:
             if not self._paused_logged:
-                log.warning("worker.receiving_paused", parked=parked, breaker_open=self._breaker.is_open)
+                log.warning(
+                    "worker.receiving_paused",
+                    parked=parked,
+                    breaker_open=self._breaker.is_open,
+                    deployment_blocked=blocked,
+                )
                 self._paused_logged = True
             self._stop.wait(min(1.0, self._breaker.seconds_to_next_probe() or 1.0))
             return []
@@ -397,6 +448,7 @@ class Worker:
         while pending and time.monotonic() < deadline:
             # The heartbeat thread keeps the running jobs' leases during the grace.
             _, not_done = wait(pending, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            self._beat()  # draining is progress
             self._settle(self._collect_done())
             pending = list(not_done)
         self._settle(self._collect_done())
