@@ -380,7 +380,11 @@ def test_roles_hold_only_scoped_grants_without_wildcard_actions(deployed: dict[s
     (secrets,) = [
         s for s in template_execution["PolicyDocument"]["Statement"] if s["Sid"] == "DatabaseSecrets"
     ]
-    assert secrets["Resource"] == [{"Ref": "EdcDatabaseUrlSecret"}, {"Ref": "PipelineDatabaseUrlSecret"}]
+    assert secrets["Resource"] == [
+        {"Ref": "EdcDatabaseUrlSecret"},
+        {"Ref": "PipelineDatabaseUrlSecret"},
+        {"Fn::If": ["DigestBySlack", {"Ref": "SlackWebhookUrlSecret"}, {"Ref": "AWS::NoValue"}]},
+    ]
 
     scheduler = roles["scheduler"]
     assert set(scheduler) == {"ecs:RunTask", "iam:PassRole"}
@@ -577,3 +581,24 @@ def test_bucket_function_turns_eventbridge_on_and_keeps_the_bucket_s_other_notif
     assert all(
         b["RequestId"] == "r-1" and b["LogicalResourceId"] == "SourceBucketEventBridge" for b in bodies
     )
+
+
+def test_the_slack_webhook_is_a_secret_only_the_digest_task_receives() -> None:
+    """A webhook URL lets anyone post to the channel: a KMS-encrypted secret created only when the
+    digest goes to Slack, injected into the digest task alone, never a plain environment value."""
+    resources = load_template()["Resources"]
+    secret = resources["SlackWebhookUrlSecret"]
+    assert secret["Condition"] == "DigestBySlack"
+    assert secret["Properties"]["KmsKeyId"] == {"Ref": "Key"}
+    digest = resources["DigestTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    assert {
+        "Fn::If": [
+            "DigestBySlack",
+            {"Name": "SLACK_WEBHOOK_URL", "ValueFrom": {"Ref": "SlackWebhookUrlSecret"}},
+            {"Ref": "AWS::NoValue"},
+        ]
+    } in digest["Secrets"]
+    assert all(e["Name"] != "SLACK_WEBHOOK_URL" for e in digest["Environment"])
+    for name in ("WorkerTaskDefinition", "MigrateTaskDefinition"):
+        container = resources[name]["Properties"]["ContainerDefinitions"][0]
+        assert "SlackWebhookUrlSecret" not in json.dumps(container), name
