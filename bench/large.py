@@ -309,7 +309,7 @@ def _measure_input(
 
 
 def _profiled_batch(pid: int, keys: list[str], put: Callable[[list[str]], object], out: Path) -> Profile:
-    """One batch with py-spy sampling the worker (all threads, idle ones left out)."""
+    """One batch with py-spy sampling the worker: every thread, while it holds the GIL."""
     spy = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("py-spy")),
@@ -320,6 +320,7 @@ def _profiled_batch(pid: int, keys: list[str], put: Callable[[list[str]], object
             "raw",
             "--full-filenames",
             "--function",
+            "--gil",
             "--rate",
             "200",
             "--output",

@@ -67,7 +67,7 @@ def _share(count: int, total: int) -> str:
     return f"{100 * count / total:.1f} %" if total else "-"
 
 
-def profile_text(profile: Profile, ms_per_file: float, per_group: int = 8, top_own: int = 15) -> str:
+def profile_text(profile: Profile, ms_per_file: float, per_group: int = 6, top_own: int = 15) -> str:
     """Groups, then each group's top functions by cumulative samples, then the top by own samples,
     with ms/file estimates."""
     total = profile.samples
@@ -90,9 +90,18 @@ def profile_text(profile: Profile, ms_per_file: float, per_group: int = 8, top_o
         ["function (own time)", "share", "~ms/file"],
         [[name, _share(n, total), ms(n)] for name, n in profile.own[:top_own]],
     )
+    callers = table(
+        ["group", "called from (innermost service/ frame)", "share", "~ms/file"],
+        [
+            [group.split(" (")[0], caller, _share(n, total), ms(n)]
+            for group, caller, n in profile.callers[:top_own]
+        ],
+    )
     return (
-        f"{groups}\n\nEach group's top {per_group} functions by cumulative samples (a function counts "
-        f"once per sample wherever it is on the stack):\n\n{cumulative}\n\n"
+        f"{groups}\n\nWho asks for the library time: each library sample under the innermost frame of "
+        f"our code above it (top {top_own}):\n\n{callers}\n\n"
+        f"Each group's top {per_group} functions by cumulative samples (a function counts once per "
+        f"sample wherever it is on the stack):\n\n{cumulative}\n\n"
         f"Top {top_own} by own samples (the innermost frame, standard library included):\n\n{own}"
     )
 
@@ -149,10 +158,11 @@ def render_large(results: LargeResults, command: str, code_before: str, wall_s: 
         "polling while it waits for the uploader (the idle rate is shown). files/s is bounded by moto "
         "(NOTES: its server handles roughly 100-200 S3 requests/s here).",
         "### Where the worker's CPU goes (py-spy, a second batch of the same size)\n\n"
-        "py-spy sampled every thread of the worker at 200 Hz (idle threads left out) over a second "
-        "batch; a sample's group is its innermost frame outside the standard library (ssl, http.client "
-        "and hashlib under botocore count as botocore). ~ms/file = share x the measured CPU per file: "
-        "an estimate, since a thread waiting for the GIL is sampled too.\n\n" + profile,
+        "py-spy sampled the worker at 200 Hz over a second batch, every thread but only while it held "
+        "the GIL (`--gil`): Python code on a CPU; C code that releases the GIL (socket and ssl I/O, "
+        "libpq waits) is not seen, which is most of the system time. A sample's group is its "
+        "innermost frame outside the standard library (http.client, ssl, json under botocore count "
+        "as botocore). ~ms/file = share x the measured CPU per file: an estimate.\n\n" + profile,
         "### Against issue 14's goals\n\n" + "\n".join(_goals(results)),
         END,
     ]

@@ -2,7 +2,8 @@
 
 Each line of py-spy's raw (collapsed) output is one distinct stack, root first, frames joined by
 ``;`` and the number of samples at the end: ``run (/x/threading.py:975);... 12``. Idle threads are
-not sampled (py-spy's default), so a sample is a thread on a CPU or waiting for the GIL.
+sampled only while they hold the GIL (``--gil``), so a sample is Python code running on a CPU;
+C code that releases the GIL (socket and ssl I/O, hashing large buffers) is not seen.
 
 A sample's group is that of its innermost frame outside the standard library: time in ``ssl``,
 ``http.client`` or ``hashlib`` called from botocore counts as botocore's.
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+OURS = "our code (service/)"
+STDLIB = "standard library only (threads, queues, selectors)"
 GROUPS = (  # (label, path fragments), first match wins
     (
         "botocore request handling (boto3, botocore, urllib3, s3transfer)",
@@ -26,11 +29,10 @@ GROUPS = (  # (label, path fragments), first match wins
     ("psycopg2", ("/psycopg2/",)),
     ("structlog (logging)", ("/structlog/",)),
     ("tenacity (retry wrappers)", ("/tenacity/",)),
-    ("our code (service/)", ("/service/",)),
+    (OURS, ("/service/",)),
     ("other libraries", ("/site-packages/",)),
 )
 REPO = str(Path(__file__).resolve().parent.parent) + "/"
-STDLIB = "standard library only (threads, queues, waits)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +43,14 @@ class Profile:
     groups: tuple[tuple[str, int], ...]  # by the group rule above, largest first
     cumulative: tuple[tuple[str, str, int], ...]  # (function, group, samples with it on the stack)
     own: tuple[tuple[str, int], ...]  # function -> samples with it as the innermost frame
+    callers: tuple[tuple[str, str, int], ...]  # (group, innermost service/ frame, samples): who asks
 
     def top_by_group(self, per_group: int) -> list[tuple[str, str, int]]:
-        """The ``per_group`` functions of each group (standard library left out) by cumulative
-        samples, groups in the order of their share."""
+        """The ``per_group`` functions of each group with at least 1 % of the samples (standard
+        library left out) by cumulative samples, groups in the order of their share."""
         rows = []
-        for label, _count in self.groups:
-            if label != STDLIB:
+        for label, count in self.groups:
+            if label != STDLIB and count >= self.samples / 100:
                 rows += [row for row in self.cumulative if row[1] == label][:per_group]
         return rows
 
@@ -73,6 +76,7 @@ def read_raw_profile(path: Path) -> Profile:
     groups: Counter[str] = Counter()
     cumulative: Counter[tuple[str, str]] = Counter()
     own: Counter[str] = Counter()
+    callers: Counter[tuple[str, str]] = Counter()
     total = 0
     text = path.read_text(errors="replace") if path.exists() else ""
     for line in text.splitlines():
@@ -93,5 +97,9 @@ def read_raw_profile(path: Path) -> Profile:
         for name in {(_short(f, file), _group(file) or STDLIB) for f, file in frames}:
             cumulative[name] += count
         own[_short(*frames[-1])] += count
+        if label not in (OURS, STDLIB):
+            caller = next((_short(f, file) for f, file in reversed(frames) if _group(file) == OURS), "-")
+            callers[(label, caller)] += count
     ranked = tuple((name, group, n) for (name, group), n in cumulative.most_common())
-    return Profile(total, tuple(groups.most_common()), ranked, tuple(own.most_common()))
+    asked = tuple((group, caller, n) for (group, caller), n in callers.most_common())
+    return Profile(total, tuple(groups.most_common()), ranked, tuple(own.most_common()), asked)
