@@ -123,6 +123,34 @@ def _goals(results: LargeResults) -> list[str]:
     return lines
 
 
+def _observations(results: LargeResults) -> list[str]:
+    lines = []
+    for r in results.runs:
+        busy = r.worker_cpu_s / r.worker_s
+        verdict = (
+            "its time is waiting for the transfers, not the processing"
+            if busy < 0.25
+            else "its own CPU is a large part of its time"
+        )
+        lines.append(
+            f"- {r.name}: the worker used {r.worker_cpu_s:.1f} s of CPU in {r.worker_s:.1f} s "
+            f"({100 * busy:.0f} %) and took {r.worker_s / r.sequential_s:.2f}x the sequential floor: "
+            f"{verdict}. "
+            f"The parallel floor is {r.sequential_s / r.parallel_s:.1f}x faster than the sequential one "
+            f"at {results.sizes.cap_bytes_per_s / 1e6:g} MB/s per connection."
+        )
+    profile = results.cpu.profile
+    if profile and profile.samples and profile.callers:
+        group, caller, n = profile.callers[0]
+        share = f"{100 * n / profile.samples:.0f} %"
+        lines.append(
+            f"- CPU per small file: {results.cpu.ms_per_file:.1f} ms; the largest group in the profile is "
+            f"{profile.groups[0][0]} ({100 * profile.groups[0][1] / profile.samples:.0f} %), the largest "
+            f"single caller of library time {caller} ({group.split(' (')[0]}, {share})."
+        )
+    return lines
+
+
 def render_large(results: LargeResults, command: str, code_before: str, wall_s: float) -> str:
     """The whole section, markers included."""
     sizes = results.sizes
@@ -163,6 +191,7 @@ def render_large(results: LargeResults, command: str, code_before: str, wall_s: 
         "libpq waits) is not seen, which is most of the system time. A sample's group is its "
         "innermost frame outside the standard library (http.client, ssl, json under botocore count "
         "as botocore). ~ms/file = share x the measured CPU per file: an estimate.\n\n" + profile,
+        "### Observations\n\n" + "\n".join(_observations(results)),
         "### Against issue 14's goals\n\n" + "\n".join(_goals(results)),
         END,
     ]
