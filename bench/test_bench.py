@@ -14,6 +14,7 @@ import pytest
 from pydicom import dcmread
 
 from bench.data import Sizes, generate
+from bench.largereport import BEGIN, END, existing_section, splice_section
 from bench.methods import MAIN_DIR
 from bench.micro import Measurement, measure, methods_for
 from bench.profile import read_raw_profile
@@ -136,3 +137,12 @@ def test_large_quick_runs_the_worker_end_to_end_and_prints_every_row() -> None:
     assert any(r.startswith("| 10 x 0.53 MB | 10/10") for r in rows)
     assert any(r.startswith("| botocore request handling") for r in rows)
     assert "x parallel floor" in proc.stdout and "CPU per small file" in proc.stdout
+
+
+def test_the_large_section_is_replaced_in_place_and_carried_over_by_a_full_run() -> None:
+    old = f"# Results\n\nstamping\n\n{BEGIN}\nold large\n{END}\n\ntail\n"
+    new = f"{BEGIN}\nnew large\n{END}\n"
+    assert splice_section(old, new) == f"# Results\n\nstamping\n\n{BEGIN}\nnew large\n{END}\n\ntail\n"
+    carried = existing_section(old)
+    assert carried is not None and "old large" in carried
+    assert splice_section("# Results\n\nfresh stamping\n", carried).endswith(f"{BEGIN}\nold large\n{END}\n")
