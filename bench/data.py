@@ -147,7 +147,7 @@ def _zip_files(paths: list[Path], dst: Path) -> None:
             zf.write(path, f"SERIES1/{path.name}")
 
 
-def _streamed_zip(dst: Path, members: int, frames: int) -> None:
+def write_streamed_zip(dst: Path, members: int, frames: int) -> None:
     """A stored zip of ``members`` multi-frame instances, each written straight into the archive."""
     study, series = generate_uid(), generate_uid()
     with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -220,7 +220,7 @@ def generate(root: Path, sizes: Sizes) -> Iterator[BenchInput]:
     for role, target in zip(("memory_small", "memory_large"), sizes.memory_zip_bytes, strict=True):
         members = memory_members(sizes, target)
         path = root / f"memory-{members}.zip"
-        _streamed_zip(path, members, sizes.memory_member_frames)
+        write_streamed_zip(path, members, sizes.memory_member_frames)
         nbytes = path.stat().st_size
         member_mb = instance_bytes(sizes.memory_member_frames) / 1e6
         yield BenchInput(

@@ -84,7 +84,8 @@ class PipelineResults:
     workers: tuple[WorkerRun, ...]
 
 
-def _names(tag: str) -> Any:
+def stack_names(tag: str) -> Any:
+    """Resource names of one bench stack on the shared server: ``bench-{tag}-...``."""
     from service.local.stack import StackNames
 
     return StackNames.prefixed(f"bench-{tag}")
@@ -109,7 +110,7 @@ def _child(mode: str, spec: dict[str, Any], timeout_s: float = JOB_TIMEOUT_S) ->
 
 
 @contextmanager
-def _services(workdir: Path) -> Iterator[tuple[str, str]]:
+def embedded_services(workdir: Path) -> Iterator[tuple[str, str]]:
     """moto's server and a throwaway PostgreSQL: (endpoint, admin URL)."""
     from service.local.postgres import ThrowawayPostgres
     from service.local.stack import MotoServer
@@ -130,7 +131,7 @@ def _services(workdir: Path) -> Iterator[tuple[str, str]]:
 def _measure_ceiling(endpoint: str, threads: int, files: int) -> CeilingRun:
     from service.local.stack import provision_aws
 
-    names = _names(f"c{threads}")
+    names = stack_names(f"c{threads}")
     aws = provision_aws(endpoint, names)
     spec = {
         "endpoint": endpoint,
@@ -144,7 +145,7 @@ def _measure_ceiling(endpoint: str, threads: int, files: int) -> CeilingRun:
     return CeilingRun(threads, files, float(_child("ceiling", spec)["seconds"]))
 
 
-def _prepare_databases(admin_url: str, tag: str, codes: Sequence[str]) -> tuple[str, str]:
+def prepare_databases(admin_url: str, tag: str, codes: Sequence[str]) -> tuple[str, str]:
     """Fresh EDC and pipeline databases with an EDC row for every code."""
     from service.db import Database
     from service.local.demo import DEMO_PIPELINE
@@ -170,7 +171,8 @@ def _prepare_databases(admin_url: str, tag: str, codes: Sequence[str]) -> tuple[
     return edc_url, pipeline_url
 
 
-def _query(url: str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+def query_rows(url: str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one parameterised query on a fresh connection and return every row."""
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:
@@ -181,7 +183,7 @@ def _query(url: str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]
 
 
 def _settled(url: str, keys: list[str]) -> tuple[int, int]:
-    rows = _query(
+    rows = query_rows(
         url,
         "SELECT count(*) FILTER (WHERE status = 'Completed'), count(*) FILTER (WHERE status = 'Failed')"
         " FROM pipeline.edc_pipeline_file WHERE source_key = ANY(%s)",
@@ -190,7 +192,8 @@ def _settled(url: str, keys: list[str]) -> tuple[int, int]:
     return int(rows[0][0]), int(rows[0][1])
 
 
-def _wait_settled(url: str, keys: list[str], timeout_s: float) -> tuple[int, int]:
+def wait_settled(url: str, keys: list[str], timeout_s: float) -> tuple[int, int]:
+    """(completed, failed) jobs for ``keys`` once all are settled or ``timeout_s`` has passed."""
     deadline = time.monotonic() + timeout_s
     while True:
         completed, failed = _settled(url, keys)
@@ -209,7 +212,8 @@ def _connected(pid: int, port: int) -> bool:
     return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in conns)
 
 
-def _peak_rss(pid: int) -> int:
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM) in bytes; 0 when it is gone."""
     try:
         with open(f"/proc/{pid}/status") as fp:
             for line in fp:
@@ -221,7 +225,7 @@ def _peak_rss(pid: int) -> int:
 
 
 @contextmanager
-def _worker_processes(
+def worker_processes(
     env: dict[str, str], count: int, logdir: Path
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start ``count`` worker processes; SIGTERM and wait for them on exit, even on failure."""
@@ -251,7 +255,8 @@ def _worker_processes(
                 proc.wait()
 
 
-def _wait_ready(procs: list[subprocess.Popen[bytes]], port: int, timeout_s: float = 60) -> None:
+def wait_ready(procs: list[subprocess.Popen[bytes]], port: int, timeout_s: float = 60) -> None:
+    """Wait until every worker holds a connection to ``port``; raise ``RuntimeError`` if one exits."""
     deadline = time.monotonic() + timeout_s
     while not all(_connected(p.pid, port) for p in procs):
         dead = [p.returncode for p in procs if p.poll() is not None]
@@ -267,11 +272,11 @@ def _measure_workers(endpoint: str, admin_url: str, workers: int, files: int, wo
     from service.local.stack import aws_client, provision_aws, stack_environment
 
     tag = f"w{workers}"
-    names = _names(tag)
+    names = stack_names(tag)
     aws = provision_aws(endpoint, names)
     warm_codes = [f"warm{n}" for n in range(2 * workers)]
     codes = [f"b{n}" for n in range(files)]
-    edc_url, pipeline_url = _prepare_databases(admin_url, tag, warm_codes + codes)
+    edc_url, pipeline_url = prepare_databases(admin_url, tag, warm_codes + codes)
     rundir = workdir / tag
     (rundir / "work").mkdir(parents=True)
     env = {
@@ -285,28 +290,28 @@ def _measure_workers(endpoint: str, admin_url: str, workers: int, files: int, wo
         "SHUTDOWN_GRACE_S": "20",
     }
     port = int(urlsplit(endpoint).port or 0)
-    body = _sample_bytes()
-    with _worker_processes(env, workers, rundir) as procs:
-        _wait_ready(procs, port)
+    body = sample_bytes()
+    with worker_processes(env, workers, rundir) as procs:
+        wait_ready(procs, port)
         # Warm-up (not measured): first requests, lazy imports, connection pools.
         s3 = aws_client("s3", endpoint)
         for code in warm_codes:
             s3.put_object(Bucket=names.source_bucket, Key=KEY.format(code=code), Body=body)
-        _wait_settled(pipeline_url, [KEY.format(code=c) for c in warm_codes], 120)
+        wait_settled(pipeline_url, [KEY.format(code=c) for c in warm_codes], 120)
         keys = [KEY.format(code=c) for c in codes]
         upload = _child("upload", {"endpoint": endpoint, "bucket": names.source_bucket, "keys": keys})
-        completed, failed = _wait_settled(pipeline_url, keys, JOB_TIMEOUT_S)
-        rss = tuple(_peak_rss(p.pid) for p in procs)
+        completed, failed = wait_settled(pipeline_url, keys, JOB_TIMEOUT_S)
+        rss = tuple(peak_rss(p.pid) for p in procs)
     latencies = sorted(
         float(r[0])
-        for r in _query(
+        for r in query_rows(
             pipeline_url,
             "SELECT extract(epoch FROM completed_at - event_time) FROM pipeline.edc_pipeline_file"
             " WHERE source_key = ANY(%s) AND status = 'Completed'",
             (keys,),
         )
     )
-    last = _query(
+    last = query_rows(
         pipeline_url,
         "SELECT extract(epoch FROM max(completed_at)) FROM pipeline.edc_pipeline_file"
         " WHERE source_key = ANY(%s)",
@@ -323,7 +328,7 @@ def _measure_workers(endpoint: str, admin_url: str, workers: int, files: int, wo
         statistics.median(latencies) if latencies else float("nan"),
         _nearest_rank(latencies, 0.95),
         rss,
-        _warning_lines(rundir),
+        warning_lines(rundir),
     )
 
 
@@ -333,7 +338,7 @@ def _nearest_rank(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def _warning_lines(rundir: Path) -> int:
+def warning_lines(rundir: Path) -> int:
     """Lines in the workers' logs; at LOG_LEVEL=WARNING every line is a warning or an error."""
     count = 0
     for log in rundir.glob("worker-*.log"):
@@ -346,7 +351,7 @@ def measure_pipeline(
 ) -> PipelineResults:
     """Ceiling runs (1 and 2 client threads), then the worker with each process count."""
     ceilings, runs = [], []
-    with _services(workdir) as (endpoint, admin_url):
+    with embedded_services(workdir) as (endpoint, admin_url):
         progress(f"  embedded stack up: moto at {endpoint}")
         for threads in CEILING_THREADS:
             ceiling = _measure_ceiling(endpoint, threads, files)
@@ -365,7 +370,8 @@ def measure_pipeline(
 # --- the children ---------------------------------------------------------------------------------
 
 
-def _sample_bytes() -> bytes:
+def sample_bytes() -> bytes:
+    """The bundled CT sample's bytes: the small file of the throughput runs."""
     from service.local.samples import bundled_file
 
     return bundled_file(SAMPLE).read_bytes()
@@ -376,7 +382,7 @@ def _upload(spec: dict[str, Any]) -> dict[str, float]:
 
     s3 = aws_client("s3", spec["endpoint"])
     s3.list_buckets()  # connect before the clock starts
-    body = _sample_bytes()
+    body = sample_bytes()
     start = time.time()
     for key in spec["keys"]:
         s3.put_object(Bucket=spec["bucket"], Key=key, Body=body)
@@ -385,7 +391,7 @@ def _upload(spec: dict[str, Any]) -> dict[str, float]:
 
 def _ceiling_thread(spec: dict[str, Any], clients: tuple[Any, Any, Any], index: int, count: int) -> None:
     s3, sqs, sns = clients
-    body = _sample_bytes()
+    body = sample_bytes()
     for n in range(count):
         s3.put_object(Bucket=spec["source_bucket"], Key=KEY.format(code=f"t{index}-{n}"), Body=body)
         messages: list[dict[str, Any]] = []

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -9,7 +14,11 @@ import pytest
 from pydicom import dcmread
 
 from bench.data import Sizes, generate
+from bench.largereport import BEGIN, END, existing_section, splice_section
+from bench.methods import MAIN_DIR
 from bench.micro import Measurement, measure, methods_for
+from bench.profile import read_raw_profile
+from bench.proxy import RateCappedProxy
 from bench.report import main_table, table, targets
 
 TINY = Sizes(
@@ -64,3 +73,76 @@ def test_tables_are_aligned_markdown() -> None:
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1
     assert lines[1].startswith("|---")
+
+
+def test_the_proxy_caps_each_connection_and_not_their_sum() -> None:
+    upstream = socket.create_server(("127.0.0.1", 0))
+    payload = b"x" * 1_000_000
+
+    def serve() -> None:
+        while True:
+            conn, _ = upstream.accept()
+            threading.Thread(target=lambda c=conn: (c.sendall(payload), c.close()), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = RateCappedProxy(f"http://127.0.0.1:{upstream.getsockname()[1]}", rate=4_000_000)
+    threading.Thread(target=proxy.serve, daemon=True).start()
+    got: list[int] = []
+
+    def fetch() -> None:
+        with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+            got.append(sum(len(chunk) for chunk in iter(lambda: sock.recv(65536), b"")))
+
+    started = time.monotonic()
+    clients = [threading.Thread(target=fetch) for _ in range(3)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    seconds = time.monotonic() - started
+    proxy.stop()
+    assert got == [1_000_000] * 3
+    assert 0.2 <= seconds < 0.6  # 1 MB at 4 MB/s is 0.25 s per connection, all three at once
+
+
+def test_py_spy_samples_are_grouped_by_their_innermost_library_frame(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "run (/usr/lib/python3.11/threading.py:10);handle (/w/service/pipeline.py:5);"
+        "_make_api_call (/v/site-packages/botocore/client.py:9);read (/usr/lib/python3.11/ssl.py:1) 3\n"
+        "run (/usr/lib/python3.11/threading.py:10);handle (/w/service/pipeline.py:5) 1\n"
+    )
+    profile = read_raw_profile(raw)
+    assert profile.samples == 4
+    assert dict(profile.groups) == {
+        "botocore request handling (boto3, botocore, urllib3, s3transfer)": 3,
+        "our code (service/)": 1,
+    }
+    assert profile.top_by_group(1)[0][2] == 3
+
+
+def test_large_quick_runs_the_worker_end_to_end_and_prints_every_row() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--large", "--quick", "--cap-mbps", "50", "--small-files", "10"],
+        cwd=MAIN_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    large = [r for r in rows if r.startswith(("| stored zip", "| single file"))]
+    assert len(large) == 2 and all("| Completed |" in r for r in large)
+    assert any(r.startswith("| 10 x 0.53 MB | 10/10") for r in rows)
+    assert any(r.startswith("| botocore request handling") for r in rows)
+    assert "x parallel floor" in proc.stdout and "CPU per small file" in proc.stdout
+
+
+def test_the_large_section_is_replaced_in_place_and_carried_over_by_a_full_run() -> None:
+    old = f"# Results\n\nstamping\n\n{BEGIN}\nold large\n{END}\n\ntail\n"
+    new = f"{BEGIN}\nnew large\n{END}\n"
+    assert splice_section(old, new) == f"# Results\n\nstamping\n\n{BEGIN}\nnew large\n{END}\n\ntail\n"
+    carried = existing_section(old)
+    assert carried is not None and "old large" in carried
+    assert splice_section("# Results\n\nfresh stamping\n", carried).endswith(f"{BEGIN}\nold large\n{END}\n")
