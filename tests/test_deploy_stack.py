@@ -41,6 +41,7 @@ ACCOUNT = "123456789012"  # moto's account
 # The template's types moto's CloudFormation does not model: it warns and skips them.
 NOT_MODELLED_BY_MOTO = {
     "AWS::SQS::QueuePolicy",
+    "AWS::SNS::TopicPolicy",
     "AWS::SecretsManager::Secret",
     "AWS::Scheduler::Schedule",
     "AWS::ApplicationAutoScaling::ScalableTarget",
@@ -602,3 +603,37 @@ def test_the_slack_webhook_is_a_secret_only_the_digest_task_receives() -> None:
     for name in ("WorkerTaskDefinition", "MigrateTaskDefinition"):
         container = resources[name]["Properties"]["ContainerDefinitions"][0]
         assert "SlackWebhookUrlSecret" not in json.dumps(container), name
+
+
+def test_a_failed_digest_task_reaches_the_admins(deployed: dict[str, Any]) -> None:
+    """The labs would only notice a missing digest the next morning: a rule on the digest task's
+    failed stops (non-zero exit, or never started) publishes to the admin topic, which lets only
+    this rule and the stack's alarms publish as services."""
+    events = _client(deployed["endpoint"], "events")
+    rule = events.describe_rule(Name=deployed["outputs"]["DigestFailedRuleName"])
+    pattern = json.loads(rule["EventPattern"])
+    assert pattern["source"] == ["aws.ecs"] and pattern["detail-type"] == ["ECS Task State Change"]
+    assert pattern["detail"]["group"] == [f"family:{deployed['prefix']}-digest"]
+    assert pattern["detail"]["lastStatus"] == ["STOPPED"]
+    assert {"containers": {"exitCode": [{"anything-but": 0}]}} in pattern["detail"]["$or"]
+    assert {"stopCode": ["TaskFailedToStart"]} in pattern["detail"]["$or"]
+    (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert target["Arn"] == deployed["outputs"]["AdminTopicArn"]
+    text = target["InputTransformer"]["InputTemplate"]
+    assert "<task>" in text and "<exit>" in text and "digest --retry-failed" in text
+
+    # moto does not model topic policies: the template's.
+    resources = load_template()["Resources"]
+    statements = resources["AdminTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert {s["Principal"]["Service"] for s in statements} == {
+        "cloudwatch.amazonaws.com",
+        "events.amazonaws.com",
+    }
+    assert all(s["Action"] == "sns:Publish" and "Condition" in s for s in statements)
+    (key_statement,) = [
+        s
+        for s in resources["Key"]["Properties"]["KeyPolicy"]["Statement"]
+        if s["Sid"] == "EventBridgeSendsToTheQueue"
+    ]
+    rules = key_statement["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert any("digest-failed" in str(r) for r in rules)
