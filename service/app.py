@@ -118,8 +118,15 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
         pipeline_db.close()
         raise RuntimeError(f"pipeline database has pending migrations {pending}: run `migrate` first")
     edc_db = Database(settings.edc_database_url, max_connections=connections, read_only=True)
-    s3 = aws_client(settings, "s3", pool=connections)
-    store = ObjectStore(s3)
+    # Every job may move one large object over S3_TRANSFER_THREADS connections at once.
+    s3 = aws_client(settings, "s3", pool=settings.worker_concurrency * settings.s3_transfer_threads + 2)
+    store = ObjectStore(
+        s3,
+        # In parallel parts, an object of a few parts already goes up faster than in one PUT.
+        multipart_threshold=2 * settings.s3_part_size if settings.s3_transfer_threads > 1 else 64 * 1024**2,
+        part_size=settings.s3_part_size,
+        transfer_threads=settings.s3_transfer_threads,
+    )
     try:
         _check_destination(s3, settings.destination_bucket)
     except ConfigError:

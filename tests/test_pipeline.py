@@ -441,7 +441,8 @@ def test_vanished_work_dir_is_errl2005(short_stack: TestStack, tmp_path: Path) -
     stack = short_stack
     work_dir = tmp_path / "scratch"
     work_dir.mkdir()
-    with stack.worker(WORK_DIR=str(work_dir)):
+    # The liveness heartbeat would otherwise live in WORK_DIR too: keep the directory empty.
+    with stack.worker(WORK_DIR=str(work_dir), HEARTBEAT_FILE=str(tmp_path / "heartbeat")):
         work_dir.rmdir()
         stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
         (job,) = stack.wait_settled(1, timeout=40)
