@@ -23,7 +23,6 @@ attached to the worker, for the profile.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -44,6 +43,7 @@ from bench.pipeline import (
     peak_rss,
     prepare_databases,
     query_rows,
+    run_module_child,
     stack_names,
     wait_ready,
     wait_settled,
@@ -149,18 +149,7 @@ def _cpu(pid: int) -> float:
 
 
 def _child(mode: str, spec: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.floors", mode, json.dumps(spec)],
-        cwd=MAIN_DIR,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_module_child("bench.floors", mode, spec, timeout_s)
 
 
 @contextmanager

@@ -92,8 +92,13 @@ def stack_names(tag: str) -> Any:
 
 
 def _child(mode: str, spec: dict[str, Any], timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+    return run_module_child("bench.pipeline", mode, spec, timeout_s)
+
+
+def run_module_child(module: str, mode: str, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """``python -m module mode spec`` in a child; its last stdout line is the JSON result."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.pipeline", mode, json.dumps(spec)],
+        [sys.executable, "-m", module, mode, json.dumps(spec)],
         cwd=MAIN_DIR,
         capture_output=True,
         text=True,
