@@ -74,6 +74,8 @@ class LargeInput:
     path: Path
     ext: str  # ".zip" or ".dcm"
     instances: int
+    code: str  # the key's file name, unique per input
+    overrides: tuple[tuple[str, str], ...] = ()  # worker settings for this input
 
     @property
     def nbytes(self) -> int:
@@ -186,13 +188,18 @@ def generate_large(root: Path, sizes: LargeSizes) -> list[LargeInput]:
     file_path = root / "multiframe.dcm"
     with open(file_path, "wb") as fp:
         write_instance(fp, generate_uid(), generate_uid(), 1, frames=frames)
-    zip_input = LargeInput("", zip_path, ".zip", members)
-    file_input = LargeInput("", file_path, ".dcm", 1)
+    zip_mb, file_mb = zip_path.stat().st_size / 1e6, file_path.stat().st_size / 1e6
+    single = f"single file ({frames} frames, {file_mb:.0f} MB)"
     return [
         LargeInput(
-            f"stored zip ({members} x 0.5 MB, {zip_input.nbytes / 1e6:.0f} MB)", zip_path, ".zip", members
+            f"stored zip ({members} x 0.5 MB, {zip_mb:.0f} MB)", zip_path, ".zip", members, "large-zip"
         ),
-        LargeInput(f"single file ({frames} frames, {file_input.nbytes / 1e6:.0f} MB)", file_path, ".dcm", 1),
+        # A file under the default S3_COPY_MIN_MB (a --quick run) is sent to the same path.
+        LargeInput(f"{single}, stamped in S3", file_path, ".dcm", 1, "large-dcm", (("S3_COPY_MIN_MB", "1"),)),
+        # The same file moved both ways in parallel: what the in-S3 stamp saves.
+        LargeInput(
+            f"{single}, S3_COPY_MIN_MB=0", file_path, ".dcm", 1, "large-dcm-local", (("S3_COPY_MIN_MB", "0"),)
+        ),
     ]
 
 
@@ -250,10 +257,10 @@ def _measure_input(
 ) -> LargeRun:
     names, aws, urls, moto = stack["names"], stack["aws"], stack["urls"], stack["endpoint"]
     env = _worker_env(proxy, names, aws, urls, Path(tempfile.mkdtemp(prefix="work-", dir=SHM)))
-    tag = item.ext.strip(".")
-    key = KEY.format(code=f"large-{tag}", ext=item.ext)
-    warm = KEY.format(code=f"warm-{tag}", ext=".dcm")
-    rundir = workdir / f"large-{tag}"
+    env.update(item.overrides)
+    key = KEY.format(code=item.code, ext=item.ext)
+    warm = KEY.format(code=f"warm-{item.code}", ext=".dcm")
+    rundir = workdir / item.code
     rundir.mkdir()
     with worker_processes(env, 1, rundir) as procs:
         pid = procs[0].pid
@@ -386,9 +393,7 @@ def measure_large(sizes: LargeSizes, workdir: Path, progress: Callable[[str], No
         with embedded_services(workdir) as (moto, admin_url):
             names = stack_names("large")
             aws = provision_aws(moto, names)
-            codes = [f"large-{i.ext.strip('.')}" for i in inputs] + [
-                f"warm-{i.ext.strip('.')}" for i in inputs
-            ]
+            codes = [i.code for i in inputs] + [f"warm-{i.code}" for i in inputs]
             urls = prepare_databases(admin_url, "large", codes)
             stack = {"names": names, "aws": aws, "urls": urls, "endpoint": moto, "small": small}
             runs = []

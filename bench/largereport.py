@@ -15,6 +15,7 @@ from bench.report import machine_facts, table
 BEGIN = "<!-- bench --large: begin -->"
 END = "<!-- bench --large: end -->"
 GOAL_RATIO = 1.3  # issue 14: within 1.3x of the parallel floor
+GOAL_IN_S3_RATIO = 0.5  # "well under the parallel floor" for a single file stamped in S3
 GOAL_RSS = 300e6  # and peak RSS under 300 MB
 GOAL_CPU_MS = 15.0  # CPU per small file
 
@@ -110,9 +111,11 @@ def _goals(results: LargeResults) -> list[str]:
     lines = []
     for r in results.runs:
         ratio = r.worker_s / r.parallel_s
-        verdict = "met" if ratio <= GOAL_RATIO and r.worker_rss_bytes < GOAL_RSS else "NOT MET"
+        # Part 6: a single file stamped inside S3 should finish well under the parallel floor.
+        goal = GOAL_IN_S3_RATIO if "stamped in S3" in r.name else GOAL_RATIO
+        verdict = "met" if ratio <= goal and r.worker_rss_bytes < GOAL_RSS else "NOT MET"
         lines.append(
-            f"- {r.name}: {ratio:.2f}x the parallel floor (goal <= {GOAL_RATIO}x), peak RSS "
+            f"- {r.name}: {ratio:.2f}x the parallel floor (goal <= {goal}x), peak RSS "
             f"{r.worker_rss_bytes / 1e6:.0f} MB (goal < {GOAL_RSS / 1e6:.0f} MB): {verdict}."
         )
     cpu = results.cpu
@@ -170,7 +173,9 @@ def render_large(results: LargeResults, command: str, code_before: str, wall_s: 
         f"{sizes.cap_bytes_per_s / 1e6:g} MB/s per connection in each direction (token bucket, burst "
         "20 ms); on AWS one connection moves roughly 85-100 MB/s, so the cap stands for S3's "
         "per-connection limit while staying below what the two cores can move.\n"
-        "- The worker is today's `python -m service worker`, one process per input (4 job threads), "
+        "- The worker is today's `python -m service worker` with its default settings (10 transfer "
+        "threads, 8 MiB parts, single files of 64 MB or more stamped inside S3) except where the row "
+        "says otherwise, one process per input (4 job threads), "
         "`AWS_ENDPOINT_URL` = the proxy, `WORK_DIR` on tmpfs; one 0.5 MB warm-up file first. The "
         "source is put straight into moto (uncapped, not timed); the worker's time runs from the end of "
         "that upload to the job's `completed_at` (the quarantine object is written before it).\n"

@@ -133,7 +133,7 @@ def test_large_quick_runs_the_worker_end_to_end_and_prints_every_row() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     large = [r for r in rows if r.startswith(("| stored zip", "| single file"))]
-    assert len(large) == 2 and all("| Completed |" in r for r in large)
+    assert len(large) == 3 and all("| Completed |" in r for r in large)
     assert any(r.startswith("| 10 x 0.53 MB | 10/10") for r in rows)
     assert any(r.startswith("| botocore request handling") for r in rows)
     assert "x parallel floor" in proc.stdout and "CPU per small file" in proc.stdout

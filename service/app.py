@@ -95,6 +95,7 @@ def build_handler(
         work_dir=settings.work_dir,
         source_bucket=settings.source_bucket,
         max_in_memory_bytes=settings.max_in_memory_bytes,
+        copy_min_bytes=settings.s3_copy_min_bytes,
     )
     reporter = Reporter(
         store,

@@ -87,6 +87,7 @@ class Settings:
     max_in_memory_bytes: int  # MAX_IN_MEMORY_BYTES: larger files may not take the in-memory rewrite
     s3_transfer_threads: int  # S3_TRANSFER_THREADS: connections per job for one large object
     s3_part_size: int  # S3_PART_SIZE_MB (in bytes): a ranged GET's or an upload part's size
+    s3_copy_min_bytes: int  # S3_COPY_MIN_MB (in bytes; 0 = off): single files stamped inside S3
     zip_max_members: int  # ZIP_MAX_MEMBERS
     zip_max_expanded_bytes: int  # ZIP_MAX_EXPANDED_BYTES
     zip_max_ratio: float  # ZIP_MAX_RATIO: expanded/compressed size of one member
@@ -136,9 +137,12 @@ class Settings:
             work_dir=work_dir,
             max_object_bytes=env.integer("MAX_OBJECT_BYTES", 50 * 1024**3, low=1),
             max_in_memory_bytes=env.integer("MAX_IN_MEMORY_BYTES", 256 * 1024**2, low=1024**2),
-            s3_transfer_threads=env.integer("S3_TRANSFER_THREADS", 8, low=1, high=64),
+            # 10 connections, as ``aws s3 cp`` uses.
+            s3_transfer_threads=env.integer("S3_TRANSFER_THREADS", 10, low=1, high=64),
             # S3 refuses parts under 5 MiB (but the last); 10,000 parts of 512 MiB pass 5 TB.
             s3_part_size=env.integer("S3_PART_SIZE_MB", 8, low=5, high=512) * 1024**2,
+            # Below a few parts the bytes saved do not pay for the extra requests.
+            s3_copy_min_bytes=env.integer("S3_COPY_MIN_MB", 64, low=0, high=10**7) * 1024**2,
             zip_max_members=env.integer("ZIP_MAX_MEMBERS", 20_000, low=1),
             zip_max_expanded_bytes=env.integer("ZIP_MAX_EXPANDED_BYTES", 50 * 1024**3, low=1),
             zip_max_ratio=float(env.integer("ZIP_MAX_RATIO", 200, low=1)),

@@ -37,19 +37,30 @@ from service.keys import (
 from service.logs import describe_exception
 from service.metrics import UNASSIGNED, Metrics, NoMetrics
 from service.processors import is_zip, process_upload
-from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, ZipLimits
+from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, UidAllocator, ZipLimits
 from service.processors.directory import member_suffix
+from service.processors.headstamp import scan_head, stamp_head
 from service.quarantine import (
     JOB_ID_METADATA,
-    SHA256_METADATA,
     IntegrityRecord,
+    Placement,
+    Upload,
     check_fits_s3,
+    fingerprint_in,
     place_in_quarantine,
     quarantine_metadata,
 )
 from service.reporting import JobReport, Reporter
 from service.retry import is_transient_db_error
-from service.s3io import BucketMissingError, Fingerprint, ObjectRef, ObjectStore, file_fingerprint
+from service.s3io import (
+    BucketMissingError,
+    Fingerprint,
+    ObjectRef,
+    ObjectStore,
+    UploadReceipt,
+    file_fingerprint,
+)
+from service.s3splice import HeadOnlyRefused
 from service.tracking import (
     COMPLETED,
     COPY,
@@ -156,6 +167,7 @@ class HandlerOptions:
     work_dir: Path | None
     source_bucket: str | None = None  # None: events for any bucket are taken
     max_in_memory_bytes: int = 256 * 1024**2
+    copy_min_bytes: int = 0  # single DICOM files this large are stamped inside S3 (0: never)
 
 
 @dataclass(slots=True)
@@ -327,6 +339,10 @@ class ObjectHandler:
             size = self._store.size_of(_ref(attempt.source))
         if size > self._options.max_object_bytes:
             raise PermanentError("ERRL2003", f"{size} bytes > MAX_OBJECT_BYTES", Stage.DOWNLOAD)
+        if self._stamps_in_s3(attempt, size):
+            outcome = self._run_in_s3(attempt, name)
+            if outcome is not None:
+                return outcome
         work_dir = self._options.work_dir or Path(tempfile.gettempdir())
         check_room(size, disk_space(work_dir))
         with tempfile.TemporaryDirectory(prefix="edc-job-", dir=work_dir) as tmp:
@@ -336,40 +352,107 @@ class ObjectHandler:
             # A copy's output is the source itself, already hashed as it streamed in.
             copied = attempt.pipeline.kind == COPY
             output = attempt.source_print if copied else file_fingerprint(Path(tmp) / "output")
-            metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
-            # Reserved just before the upload: a job that fails earlier has no quarantine key. A
-            # retry writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
-            check_fits_s3(name, metadata)  # before reserving: a refused job keeps no series rows
-            bucket, destination = self._tracking.reserve_destination(
-                attempt.job.id, owner, self._options.destination_bucket, name
-            )
-            if destination != name:  # reserved by an earlier attempt, under other EDC values
-                check_fits_s3(destination, metadata)
-            try:
-                placed = place_in_quarantine(
-                    self._store, Path(tmp) / "output", bucket, destination, attempt.job.id, metadata, output
-                )
-            except BucketMissingError:
-                # Nothing can be there: let a retry (after the operator fixed DESTINATION_BUCKET,
-                # and a redrive) reserve the bucket configured by then.
-                self._tracking.clear_destination(attempt.job.id, owner)
-                raise
-        attempt.destination = destination
+            sha256 = output.sha256
+
+            def upload(bucket: str, key: str, metadata: Mapping[str, str]) -> UploadReceipt:
+                return self._store.upload_once(Path(tmp) / "output", bucket, key, metadata, sha256)
+
+            placed = self._place(attempt, name, output, upload)
         integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
         return self._complete(attempt, result, issues, integrity)
 
-    def _stamp(self, attempt: _Attempt, tmp: Path) -> ProcessResult:
-        source = attempt.source
-        started = self._clock()
-        attempt.source_print = self._store.download(_ref(source), tmp / "source")
-        job_id = attempt.job.id
+    def _stamps_in_s3(self, attempt: _Attempt, size: int) -> bool:
+        """A single DICOM file large enough that copying its unchanged bytes inside S3 pays."""
+        minimum = self._options.copy_min_bytes
+        return attempt.pipeline.kind != COPY and minimum > 0 and size >= minimum
 
+    def _run_in_s3(self, attempt: _Attempt, name: str) -> Outcome | None:
+        """Stamp a single file from its head: the new head goes up, the rest is copied inside S3.
+
+        Returns None, having written nothing and allocated nothing, when the upload does not
+        qualify (a zip, an unusual file, a header that reaches far into the object): the caller
+        then downloads it and takes the local path, which classifies it fully.
+        """
+        started = self._clock()
+        source = self._store.open_ranged(_ref(attempt.source))
+        tag = self._options.tracking_tag
+        try:
+            instance = scan_head(source, source.size, tag) if source.first[128:132] == b"DICM" else None
+        except (HeadOnlyRefused, PermanentError) as exc:
+            # The local path reads the whole file and gives the verdict its full record.
+            log.info("job.stamp_in_s3_declined", reason=type(exc).__name__, bytes_read=source.fetched)
+            instance = None
+        if instance is None:
+            return None
+        stamp = stamp_head(source, instance, self._allocator(attempt.job.id), tag)
+        attempt.source_print = Fingerprint(source.size, None)
+        output = Fingerprint(stamp.output_size, None)
+        result = ProcessResult(series=stamp.series, issues=(), instances_stamped=1, members=1)
+        self._log_processed(attempt, result, started, in_s3=True)
+
+        def upload(bucket: str, key: str, metadata: Mapping[str, str]) -> UploadReceipt:
+            return self._store.upload_spliced(source, stamp.head, stamp.tail_start, bucket, key, metadata)
+
+        placed = self._place(attempt, name, output, upload)
+        log.info("job.stamped_in_s3", bytes_read=source.fetched, bytes_sent=len(stamp.head))
+        integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
+        return self._complete(attempt, result, [], integrity)
+
+    def _place(self, attempt: _Attempt, name: str, output: Fingerprint, upload: Upload) -> Placement:
+        """Reserve the destination and write the output there once."""
+        assert attempt.source_print is not None
+        owner = attempt.delivery.owner
+        metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
+        # Reserved just before the upload: a job that fails earlier has no quarantine key. A
+        # retry writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
+        check_fits_s3(name, metadata)  # before reserving: a refused job keeps no series rows
+        bucket, destination = self._tracking.reserve_destination(
+            attempt.job.id, owner, self._options.destination_bucket, name
+        )
+        if destination != name:  # reserved by an earlier attempt, under other EDC values
+            check_fits_s3(destination, metadata)
+        try:
+            placed = place_in_quarantine(
+                self._store, upload, bucket, destination, attempt.job.id, metadata, output
+            )
+        except BucketMissingError:
+            # Nothing can be there: let a retry (after the operator fixed DESTINATION_BUCKET,
+            # and a redrive) reserve the bucket configured by then.
+            self._tracking.clear_destination(attempt.job.id, owner)
+            raise
+        attempt.destination = destination
+        return placed
+
+    def _allocator(self, job_id: int) -> UidAllocator:
         def allocate(series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]:
             uids = self._tracking.allocate_series(job_id, series)
             if any(not uid.startswith(f"{job_id}.") for uid in uids.values()):
                 raise RetryableError("ERRS1003", "tracking UIDs belong to another job", Stage.TRACKING)
             return uids
 
+        return allocate
+
+    def _log_processed(
+        self, attempt: _Attempt, result: ProcessResult, started: datetime, *, in_s3: bool
+    ) -> None:
+        assert attempt.source_print is not None
+        log.info(
+            "job.processed",
+            bytes=attempt.source_print.size,
+            series=len(result.series),
+            members=result.members,
+            instances_stamped=result.instances_stamped,
+            issues=len(result.issues),
+            fallbacks=result.fallbacks,
+            in_s3=in_s3,
+            stage=Stage.PROCESS,
+            duration_ms=int((self._clock() - started).total_seconds() * 1000),
+        )
+
+    def _stamp(self, attempt: _Attempt, tmp: Path) -> ProcessResult:
+        source = attempt.source
+        started = self._clock()
+        attempt.source_print = self._store.download(_ref(source), tmp / "source")
         if attempt.pipeline.kind == COPY:
             # No DICOM processing: the output is the downloaded file, linked rather than copied.
             try:
@@ -381,23 +464,13 @@ class ObjectHandler:
             result = process_upload(
                 tmp / "source",
                 tmp / "output",
-                allocate,
+                self._allocator(attempt.job.id),
                 tracking_tag=self._options.tracking_tag,
                 limits=self._options.zip_limits,
                 work_dir=tmp,
                 max_in_memory_bytes=self._options.max_in_memory_bytes,
             )
-        log.info(
-            "job.processed",
-            bytes=attempt.source_print.size,
-            series=len(result.series),
-            members=result.members,
-            instances_stamped=result.instances_stamped,
-            issues=len(result.issues),
-            fallbacks=result.fallbacks,
-            stage=Stage.PROCESS,
-            duration_ms=int((self._clock() - started).total_seconds() * 1000),
-        )
+        self._log_processed(attempt, result, started, in_s3=False)
         return result
 
     def _complete(
@@ -445,10 +518,10 @@ class ObjectHandler:
         if existing is None or existing.get(JOB_ID_METADATA) != str(attempt.job.id):
             return False
         attempt.destination = key
-        source = _fingerprint_in(existing, "source-") or attempt.source_print
+        source = fingerprint_in(existing, "source-") or attempt.source_print
         if source is None:  # an object from before the integrity record: nothing true to record
             return False
-        stored = _fingerprint_in(existing, "")
+        stored = fingerprint_in(existing, "")
         integrity = IntegrityRecord(source, stored, None)
         now = self._clock()
         result = JobResult(None, integrity, None, None, None)
@@ -563,12 +636,6 @@ def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry
             label = f"#{position}{member_suffix(issue.member)}"
         entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
     return entries
-
-
-def _fingerprint_in(metadata: Mapping[str, str], prefix: str) -> Fingerprint | None:
-    """The ``{prefix}bytes`` / ``{prefix}sha256`` pair of a quarantine object's metadata."""
-    size, digest = metadata.get(f"{prefix}bytes", ""), metadata.get(f"{prefix}{SHA256_METADATA}", "")
-    return Fingerprint(int(size), digest) if size.isdigit() and len(digest) == 64 else None
 
 
 def _dependency_of(exc: Exception) -> Dependency | None:

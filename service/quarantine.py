@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 import structlog
 
 from service.errors import PermanentError, Stage
 from service.events import ObjectCreated
-from service.s3io import Fingerprint, ObjectStore
+from service.s3io import Fingerprint, ObjectStore, UploadReceipt
 
 log = structlog.get_logger()
 
@@ -24,11 +24,14 @@ MAX_METADATA_BYTES = 2048
 
 @dataclass(frozen=True, slots=True)
 class IntegrityRecord:
-    """Size and SHA-256 of the source version read and of the quarantine object written."""
+    """Size and SHA-256 of the source version read and of the quarantine object written (sizes
+    alone for a file stamped inside S3), and S3's checksum of the object."""
 
     source: Fingerprint
     quarantine: Fingerprint | None  # None: an earlier attempt wrote it without the record
-    s3_checksum: str | None  # S3's ChecksumSHA256 of the object, when it answered one
+    # S3's checksum of the object when it answered one: ChecksumSHA256 ("<b64>", or
+    # "<b64>-<parts>" for a multipart upload), or "crc32:<b64>" (full object, stamped inside S3).
+    s3_checksum: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +48,9 @@ def quarantine_metadata(
     job_id: int, source: ObjectCreated, source_print: Fingerprint, output: Fingerprint
 ) -> dict[str, str]:
     """S3 user metadata: the job id, where the file came from, and the integrity record (ASCII,
-    so the key is quoted)."""
-    return {
+    so the key is quoted). A SHA-256 the worker did not take (a file stamped inside S3, whose
+    bytes it never held) is left out: S3's full-object checksum of the object stands for it."""
+    metadata = {
         JOB_ID_METADATA: str(job_id),
         "source-bucket": source.bucket,
         "source-key": quote(source.key, safe="/"),
@@ -56,6 +60,7 @@ def quarantine_metadata(
         "bytes": str(output.size),
         SHA256_METADATA: output.sha256,
     }
+    return {name: value for name, value in metadata.items() if value is not None}
 
 
 def check_fits_s3(key: str, metadata: dict[str, str]) -> None:
@@ -77,31 +82,41 @@ def check_fits_s3(key: str, metadata: dict[str, str]) -> None:
         )
 
 
+Upload = Callable[[str, str, Mapping[str, str]], UploadReceipt]
+
+
 def place_in_quarantine(
     store: ObjectStore,
-    path: Path,
+    upload: Upload,
     bucket: str,
     key: str,
     job_id: int,
     metadata: dict[str, str],
     output: Fingerprint,
 ) -> Placement:
-    """Write ``path`` to ``bucket/key`` once.
+    """Write the output to ``bucket/key`` once, with ``upload(bucket, key, metadata)``.
 
     If the key already holds this job's object (an earlier attempt wrote it, then died before
     recording it), that object stands. If it holds another job's object, raise ERRL4004: a
     quarantine object is never overwritten.
     """
-    receipt = store.upload_once(path, bucket, key, metadata, output.sha256)
+    receipt = upload(bucket, key, metadata)
     if receipt.written:
         return Placement(bucket, key, output, receipt.s3_checksum)
     existing = store.head(bucket, key) or {}
     if existing.get(JOB_ID_METADATA) == str(job_id):
         # The record describes the object in quarantine, not this attempt's bytes: from its own
         # metadata, or unknown (an object written by a release without the integrity record).
-        stored = None
-        if existing.get(SHA256_METADATA) and existing.get("bytes", "").isdigit():
-            stored = Fingerprint(int(existing["bytes"]), existing[SHA256_METADATA])
+        stored = fingerprint_in(existing, "")
         log.info("quarantine.already_written", pipeline_file_id=job_id, same_bytes=stored == output)
         return Placement(bucket, key, stored, None)
     raise PermanentError("ERRL4004", "destination key holds another job's object", Stage.QUARANTINE)
+
+
+def fingerprint_in(metadata: Mapping[str, str], prefix: str) -> Fingerprint | None:
+    """The ``{prefix}bytes`` / ``{prefix}sha256`` pair of a quarantine object's metadata; the
+    size alone for an object stamped inside S3 (no SHA-256 taken); None when there is no size."""
+    size, digest = metadata.get(f"{prefix}bytes", ""), metadata.get(f"{prefix}{SHA256_METADATA}", "")
+    if not size.isdigit() or (digest and len(digest) != 64):
+        return None
+    return Fingerprint(int(size), digest or None)

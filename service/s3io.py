@@ -26,6 +26,7 @@ import botocore.exceptions
 from service.breaker import Dependency
 from service.errors import PermanentError, RetryableError, Stage
 from service.retry import aws_retry, is_transient_aws_error
+from service.s3splice import RangedObject, SplicedUpload, abort_multipart
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -39,7 +40,7 @@ class Fingerprint:
     """Size and SHA-256 (hex) of a file's bytes: one half of the integrity record."""
 
     size: int
-    sha256: str
+    sha256: str | None  # None: the bytes were never all read here (copied inside S3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,23 +99,12 @@ class ObjectStore:
         Raises ``PermanentError`` ERRL2002 when that version is gone (deleted or overwritten),
         ``RetryableError`` ERRL2001 when S3 stays unavailable after retries.
         """
-        try:
+        with _download_errors():
             return self._download(ref, path)
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "PreconditionFailed", "412"):
-                raise PermanentError("ERRL2002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
-            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
 
     @aws_retry
     def _download(self, ref: ObjectRef, path: Path) -> Fingerprint:
-        args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
-        if ref.version_id:
-            args["VersionId"] = ref.version_id
-        elif ref.etag:
-            args["IfMatch"] = f'"{ref.etag}"'
+        args = _version_args(ref)
         response = self._first_get(args)
         digest = hashlib.sha256()
         with open(path, "wb") as out:
@@ -136,12 +126,7 @@ class ObjectStore:
         (a small object arrives whole in it)."""
         if self._threads == 1:
             return self._s3.get_object(**args)
-        try:
-            return self._s3.get_object(**args, Range=f"bytes=0-{self._part_size - 1}")
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "InvalidRange":
-                raise
-            return self._s3.get_object(**args)  # an empty object has no byte 0 to range over
+        return self._first_range(args)
 
     def _fetch_ranges(self, args: dict[str, Any], fd: int, start: int, total: int) -> None:
         """GET bytes ``start``..``total`` in ``part_size`` ranges over ``transfer_threads``
@@ -161,6 +146,61 @@ class ObjectStore:
 
         _run_all(fetch, range(start, total, self._part_size), self._threads)
 
+    def open_ranged(self, ref: ObjectRef, *, max_fetches: int = 8) -> RangedObject:
+        """The exact object version for random access: its first ``part_size`` bytes now, other
+        bytes on demand (``RangedObject``). Raises as ``download`` does, also on later reads."""
+        args = _version_args(ref)
+        with _download_errors():
+            response, first = self._read_first_range(args)
+        pinned = _pinned(args, response)
+        total = _total_size(response, len(first))
+
+        def fetch(start: int, end: int) -> bytes:
+            with _download_errors():
+                return self._range(pinned, start, end)
+
+        return RangedObject(fetch, pinned, total, first, max_fetches=max_fetches)
+
+    @aws_retry
+    def _read_first_range(self, args: dict[str, Any]) -> tuple[Any, bytes]:
+        response = self._first_range(args)
+        return response, response["Body"].read()
+
+    def _first_range(self, args: dict[str, Any]) -> Any:
+        try:
+            return self._s3.get_object(**args, Range=f"bytes=0-{self._part_size - 1}")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                raise
+            return self._s3.get_object(**args)  # an empty object has no byte 0 to range over
+
+    @aws_retry
+    def _range(self, pinned: dict[str, Any], start: int, end: int) -> bytes:
+        data: bytes = self._s3.get_object(**pinned, Range=f"bytes={start}-{end}")["Body"].read()
+        if len(data) != end + 1 - start:
+            expected = end + 1 - start
+            raise botocore.exceptions.IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
+        return data
+
+    def upload_spliced(
+        self,
+        source: RangedObject,
+        head: bytes,
+        tail_start: int,
+        bucket: str,
+        key: str,
+        metadata: Mapping[str, str],
+    ) -> UploadReceipt:
+        """Write ``head`` + ``source`` from ``tail_start`` on to ``bucket/key`` unless an object is
+        already there, copying the unchanged bytes inside S3 (``s3splice``). Answers and raises as
+        ``upload_once`` does; ERRL2002 when the input version is gone or changed under the copy."""
+        uploader = SplicedUpload(self._s3, threads=self._threads, run_all=_run_all)
+        try:
+            checksum = uploader.upload(source, head, tail_start, bucket, key, metadata)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            return _not_uploaded(exc, bucket)
+        return UploadReceipt(written=True, s3_checksum=checksum)
+
     def size_of(self, ref: ObjectRef) -> int:
         """The object version's size (HEAD), for events that do not carry one.
 
@@ -169,15 +209,8 @@ class ObjectStore:
         args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
             args["VersionId"] = ref.version_id
-        try:
+        with _download_errors():
             return int(self._head_version(args)["ContentLength"])
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound"):
-                raise PermanentError("ERRL2002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
-            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
 
     @aws_retry
     def _head_version(self, args: dict[str, Any]) -> Any:
@@ -212,17 +245,8 @@ class ObjectStore:
                 checksum = self._put_small(path, bucket, key, metadata, sha256)
             else:
                 checksum = self._put_multipart(path, bucket, key, metadata)
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "412"):
-                return UploadReceipt(written=False)
-            if code == "NoSuchBucket":
-                raise BucketMissingError(
-                    "ERRL4002", f"destination bucket {bucket} does not exist", Stage.QUARANTINE
-                ) from exc
-            raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            return _not_uploaded(exc, bucket)
         return UploadReceipt(written=True, s3_checksum=checksum)
 
     @aws_retry
@@ -297,9 +321,7 @@ class ObjectStore:
         return f"{checksum}-{len(parts)}" if checksum and "-" not in checksum else checksum
 
     def _abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        # If this fails too, the bucket's lifecycle rule for incomplete uploads cleans up.
-        with contextlib.suppress(botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-            self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        abort_multipart(self._s3, bucket, key, upload_id)
 
     def list_objects(self, bucket: str, prefix: str) -> Iterator[ListedObject]:
         """The current objects under ``prefix``, page by page, with their version ids when the
@@ -353,7 +375,7 @@ def file_fingerprint(path: Path) -> Fingerprint:
 def _run_all(task: Callable[[int], None], items: range, threads: int) -> None:
     """``task(item)`` for every item on at most ``threads`` threads; the first failure stops
     the rest (those not started are cancelled) and is raised."""
-    if threads == 1 or len(items) == 1:
+    if threads == 1 or len(items) <= 1:
         for item in items:
             task(item)
         return
@@ -401,6 +423,49 @@ def _sha256_file(path: Path) -> str:
         while chunk := body.read(_CHUNK):
             digest.update(chunk)
     return base64.b64encode(digest.digest()).decode()
+
+
+def _version_args(ref: ObjectRef) -> dict[str, Any]:
+    args: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id:
+        args["VersionId"] = ref.version_id
+    elif ref.etag:
+        args["IfMatch"] = f'"{ref.etag}"'
+    return args
+
+
+_VERSION_GONE = frozenset(
+    {"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404", "NotFound", "PreconditionFailed", "412"}
+)
+
+
+@contextlib.contextmanager
+def _download_errors() -> Iterator[None]:
+    """S3's answers while reading the input: ERRL2002 when that version is gone (deleted or
+    overwritten), ERRL2001 (retryable) when S3 stays unavailable after retries."""
+    try:
+        yield
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _VERSION_GONE:
+            raise PermanentError("ERRL2002", f"S3 answered {code}", Stage.DOWNLOAD) from exc
+        raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise _unavailable("ERRL2001", exc, Stage.DOWNLOAD) from exc
+
+
+def _not_uploaded(exc: BaseException, bucket: str) -> UploadReceipt:
+    """A write-once upload that S3 refused: the key exists (``written`` False), or raise."""
+    code = None
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+    if code in ("PreconditionFailed", "412"):
+        return UploadReceipt(written=False)
+    if code == "NoSuchBucket":
+        raise BucketMissingError(
+            "ERRL4002", f"destination bucket {bucket} does not exist", Stage.QUARANTINE
+        ) from exc
+    raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
 
 
 def _unavailable(code: str, exc: BaseException, stage: Stage) -> RetryableError:
