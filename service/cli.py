@@ -23,7 +23,7 @@ from service.redrive import register_redrive_command
 from service.reprocess import add_command as add_reprocess_command
 
 if TYPE_CHECKING:
-    from service.s3io import Fingerprint
+    from service.fingerprint import Fingerprint
 
 log = structlog.get_logger()
 

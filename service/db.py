@@ -60,7 +60,7 @@ def _open_pool(
     url: str, max_connections: int, statement_timeout_s: int
 ) -> psycopg2.pool.ThreadedConnectionPool:
     # A dead socket or a blocked query must end in an error, not hold a worker thread forever.
-    return psycopg2.pool.ThreadedConnectionPool(
+    pool = psycopg2.pool.ThreadedConnectionPool(
         minconn=1,
         maxconn=max_connections,
         dsn=url,
@@ -72,3 +72,8 @@ def _open_pool(
         keepalives_interval=10,
         keepalives_count=3,
     )
+    # psycopg2 closes a returned connection when ``minconn`` are already idle: with 1, every job
+    # thread beyond the first reconnected per statement (a TCP and auth handshake each). One
+    # connection is opened now, the others when first needed, and all are kept once open.
+    pool.minconn = max_connections
+    return pool

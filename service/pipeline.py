@@ -7,6 +7,7 @@ recorded as Failed only on the last delivery the queue allows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from service.breaker import Dependency
 from service.edc import EdcLookup, EdcRecord
 from service.errors import ErrorEntry, PermanentError, PipelineError, RetryableError, Stage
 from service.events import ObjectCreated
+from service.fingerprint import Fingerprint
 from service.keys import (
     SOURCE_ROOT,
     QuarantineFields,
@@ -36,7 +38,7 @@ from service.keys import (
 )
 from service.logs import describe_exception
 from service.metrics import UNASSIGNED, Metrics, NoMetrics
-from service.processors import is_zip, process_upload
+from service.processors import is_zip, process_arriving_zip_upload, process_upload
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, UidAllocator, ZipLimits
 from service.processors.directory import member_suffix
 from service.processors.headstamp import scan_head, stamp_head
@@ -49,18 +51,19 @@ from service.quarantine import (
     fingerprint_in,
     place_in_quarantine,
     quarantine_metadata,
+    settle_placement,
 )
 from service.reporting import JobReport, Reporter
 from service.retry import is_transient_db_error
 from service.s3io import (
     BucketMissingError,
-    Fingerprint,
     ObjectRef,
     ObjectStore,
     UploadReceipt,
     file_fingerprint,
 )
 from service.s3splice import HeadOnlyRefused
+from service.s3stream import ArrivingDownload
 from service.tracking import (
     COMPLETED,
     COPY,
@@ -346,7 +349,17 @@ class ObjectHandler:
         work_dir = self._options.work_dir or Path(tempfile.gettempdir())
         check_room(size, disk_space(work_dir))
         with tempfile.TemporaryDirectory(prefix="edc-job-", dir=work_dir) as tmp:
-            result = self._stamp(attempt, Path(tmp))
+            started = self._clock()
+            if self._store.transfers_in_parallel(size):
+                with contextlib.closing(
+                    self._store.start_download(_ref(attempt.source), Path(tmp) / "source")
+                ) as arriving:
+                    if attempt.pipeline.kind != COPY and is_zip(Path(tmp) / "source"):
+                        return self._run_streamed(attempt, name, Path(tmp), arriving, started)
+                    attempt.source_print = arriving.fingerprint()
+            else:
+                attempt.source_print = self._store.download(_ref(attempt.source), Path(tmp) / "source")
+            result = self._process(attempt, Path(tmp), started)
             issues = member_issue_entries(Path(tmp) / "source", result)
             assert attempt.source_print is not None
             # A copy's output is the source itself, already hashed as it streamed in.
@@ -398,19 +411,70 @@ class ObjectHandler:
         integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
         return self._complete(attempt, result, [], integrity)
 
-    def _place(self, attempt: _Attempt, name: str, output: Fingerprint, upload: Upload) -> Placement:
-        """Reserve the destination and write the output there once."""
-        assert attempt.source_print is not None
-        owner = attempt.delivery.owner
-        metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
-        # Reserved just before the upload: a job that fails earlier has no quarantine key. A
-        # retry writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
+    def _run_streamed(
+        self, attempt: _Attempt, name: str, tmp: Path, arriving: ArrivingDownload, started: datetime
+    ) -> Outcome:
+        """A zip stamped while it arrives and sent while it is written (``zipstream``): members in
+        order as their bytes land, output parts as soon as they are final.
+
+        The upload starts before the output exists, so its metadata holds what is known then (the
+        job, the source and its size); the SHA-256 pair of the integrity record is on the job row.
+        """
+        metadata = quarantine_metadata(attempt.job.id, attempt.source, Fingerprint(arriving.size, None), None)
+        bucket, destination = self._reserve(attempt, name, metadata)
+        output = tmp / "output"
+        output.touch()
+        try:
+            stream = self._store.start_upload(output, bucket, destination, metadata)
+        except BucketMissingError:
+            self._tracking.clear_destination(attempt.job.id, attempt.delivery.owner)
+            raise
+        try:
+            result = process_arriving_zip_upload(
+                tmp / "source",
+                output,
+                self._allocator(attempt.job.id),
+                gate=arriving.wait,
+                on_written=stream.advance,
+                tracking_tag=self._options.tracking_tag,
+                limits=self._options.zip_limits,
+                work_dir=tmp,
+                max_in_memory_bytes=self._options.max_in_memory_bytes,
+            )
+            attempt.source_print = arriving.fingerprint()
+            written = output.stat().st_size
+        except BaseException:
+            stream.abort()  # nothing was completed: the reserved place holds nothing
+            with contextlib.suppress(Exception):
+                self._tracking.clear_destination(attempt.job.id, attempt.delivery.owner)
+            raise
+        self._log_processed(attempt, result, started, in_s3=False)
+        stored, receipt = self._store.finish_upload(stream, written, bucket)
+        placed = settle_placement(self._store, receipt, bucket, destination, attempt.job.id, stored)
+        attempt.destination = destination
+        issues = member_issue_entries(tmp / "source", result)
+        integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
+        return self._complete(attempt, result, issues, integrity)
+
+    def _reserve(self, attempt: _Attempt, name: str, metadata: Mapping[str, str]) -> tuple[str, str]:
+        """The job's quarantine bucket and key, reserved now or by an earlier attempt.
+
+        Reserved just before the upload: a job that fails earlier has no quarantine key. A retry
+        writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
+        """
         check_fits_s3(name, metadata)  # before reserving: a refused job keeps no series rows
         bucket, destination = self._tracking.reserve_destination(
-            attempt.job.id, owner, self._options.destination_bucket, name
+            attempt.job.id, attempt.delivery.owner, self._options.destination_bucket, name
         )
         if destination != name:  # reserved by an earlier attempt, under other EDC values
             check_fits_s3(destination, metadata)
+        return bucket, destination
+
+    def _place(self, attempt: _Attempt, name: str, output: Fingerprint, upload: Upload) -> Placement:
+        """Reserve the destination and write the output there once."""
+        assert attempt.source_print is not None
+        metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
+        bucket, destination = self._reserve(attempt, name, metadata)
         try:
             placed = place_in_quarantine(
                 self._store, upload, bucket, destination, attempt.job.id, metadata, output
@@ -418,7 +482,7 @@ class ObjectHandler:
         except BucketMissingError:
             # Nothing can be there: let a retry (after the operator fixed DESTINATION_BUCKET,
             # and a redrive) reserve the bucket configured by then.
-            self._tracking.clear_destination(attempt.job.id, owner)
+            self._tracking.clear_destination(attempt.job.id, attempt.delivery.owner)
             raise
         attempt.destination = destination
         return placed
@@ -449,10 +513,8 @@ class ObjectHandler:
             duration_ms=int((self._clock() - started).total_seconds() * 1000),
         )
 
-    def _stamp(self, attempt: _Attempt, tmp: Path) -> ProcessResult:
-        source = attempt.source
-        started = self._clock()
-        attempt.source_print = self._store.download(_ref(source), tmp / "source")
+    def _process(self, attempt: _Attempt, tmp: Path, started: datetime) -> ProcessResult:
+        """Stamp the downloaded ``tmp/source`` into ``tmp/output`` (a copy pipeline links it)."""
         if attempt.pipeline.kind == COPY:
             # No DICOM processing: the output is the downloaded file, linked rather than copied.
             try:

@@ -10,7 +10,8 @@ import structlog
 
 from service.errors import PermanentError, Stage
 from service.events import ObjectCreated
-from service.s3io import Fingerprint, ObjectStore, UploadReceipt
+from service.fingerprint import Fingerprint
+from service.s3io import ObjectStore, UploadReceipt
 
 log = structlog.get_logger()
 
@@ -45,11 +46,13 @@ class Placement:
 
 
 def quarantine_metadata(
-    job_id: int, source: ObjectCreated, source_print: Fingerprint, output: Fingerprint
+    job_id: int, source: ObjectCreated, source_print: Fingerprint, output: Fingerprint | None
 ) -> dict[str, str]:
     """S3 user metadata: the job id, where the file came from, and the integrity record (ASCII,
     so the key is quoted). A SHA-256 the worker did not take (a file stamped inside S3, whose
-    bytes it never held) is left out: S3's full-object checksum of the object stands for it."""
+    bytes it never held) is left out: S3's full-object checksum of the object stands for it.
+    ``output`` None: the upload starts before the output exists (a zip sent while it is stamped),
+    and the object's size and SHA-256 are on the job row only."""
     metadata = {
         JOB_ID_METADATA: str(job_id),
         "source-bucket": source.bucket,
@@ -57,13 +60,13 @@ def quarantine_metadata(
         "source-version": source.version_or_etag,
         "source-bytes": str(source_print.size),
         "source-sha256": source_print.sha256,
-        "bytes": str(output.size),
-        SHA256_METADATA: output.sha256,
+        "bytes": str(output.size) if output else None,
+        SHA256_METADATA: output.sha256 if output else None,
     }
     return {name: value for name, value in metadata.items() if value is not None}
 
 
-def check_fits_s3(key: str, metadata: dict[str, str]) -> None:
+def check_fits_s3(key: str, metadata: Mapping[str, str]) -> None:
     """Raise ``PermanentError`` ERRL4005 for a key or metadata S3 would refuse (long EDC names).
 
     Checked before the upload, so the job fails once with a code instead of as retried S3 errors.
@@ -100,7 +103,14 @@ def place_in_quarantine(
     recording it), that object stands. If it holds another job's object, raise ERRL4004: a
     quarantine object is never overwritten.
     """
-    receipt = upload(bucket, key, metadata)
+    return settle_placement(store, upload(bucket, key, metadata), bucket, key, job_id, output)
+
+
+def settle_placement(
+    store: ObjectStore, receipt: UploadReceipt, bucket: str, key: str, job_id: int, output: Fingerprint
+) -> Placement:
+    """What a write-once upload placed: this output, or (the key was taken) this job's object from
+    an earlier attempt, described by its own metadata. ERRL4004 for another job's object."""
     if receipt.written:
         return Placement(bucket, key, output, receipt.s3_checksum)
     existing = store.head(bucket, key) or {}

@@ -6,6 +6,10 @@ object version (VersionId, else If-Match on the ETag), written in place with ``p
 above ``multipart_threshold`` sends its parts concurrently. Memory stays bounded: downloads stream
 in 1 MiB chunks per connection, an upload holds at most ``transfer_threads`` parts. Each part and
 small object carries a SHA-256 checksum that S3 verifies.
+
+Two ways to overlap or avoid transfers build on this: ``start_download`` / ``start_upload``
+(``s3stream``: a zip read while it lands and sent while it is written) and ``open_ranged`` /
+``upload_spliced`` (``s3splice``: a single file's new head in front of bytes copied inside S3).
 """
 
 from __future__ import annotations
@@ -25,22 +29,17 @@ import botocore.exceptions
 
 from service.breaker import Dependency
 from service.errors import PermanentError, RetryableError, Stage
+from service.fingerprint import Fingerprint
 from service.retry import aws_retry, is_transient_aws_error
-from service.s3splice import RangedObject, SplicedUpload, abort_multipart
+from service.s3splice import MIN_PART, RangedObject, SplicedUpload, abort_multipart
+from service.s3stream import ArrivingDownload, StreamingUpload
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _CHUNK = 1024 * 1024
+_HEAD_RANGE = 1024 * 1024  # what one GET of a head-only read asks for
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-
-
-@dataclass(frozen=True, slots=True)
-class Fingerprint:
-    """Size and SHA-256 (hex) of a file's bytes: one half of the integrity record."""
-
-    size: int
-    sha256: str | None  # None: the bytes were never all read here (copied inside S3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +91,10 @@ class ObjectStore:
         self._part_size = part_size
         self._threads = max(1, transfer_threads)
 
+    def transfers_in_parallel(self, size: int) -> bool:
+        """Whether an object of ``size`` bytes moves over more than one connection."""
+        return self._threads > 1 and size > self._part_size
+
     def download(self, ref: ObjectRef, path: Path) -> Fingerprint:
         """Stream the exact object version to ``path``; return its size and SHA-256.
 
@@ -133,42 +136,118 @@ class ObjectStore:
         connections, each written at its offset."""
 
         def fetch(offset: int) -> None:
-            end = min(offset + self._part_size, total) - 1
-            body = self._s3.get_object(**args, Range=f"bytes={offset}-{end}")["Body"]
-            at = offset
-            for chunk in body.iter_chunks(_CHUNK):
-                os.pwrite(fd, chunk, at)
-                at += len(chunk)
-            if at != end + 1:
-                raise botocore.exceptions.IncompleteReadError(
-                    actual_bytes=at - offset, expected_bytes=end + 1 - offset
-                )
+            self._range_into(args, fd, offset, min(offset + self._part_size, total))
 
         _run_all(fetch, range(start, total, self._part_size), self._threads)
+
+    def _range_into(self, pinned: dict[str, Any], fd: int, start: int, end: int) -> None:
+        """GET bytes ``start``..``end`` (exclusive) and write them at their offset in ``fd``."""
+        body = self._s3.get_object(**pinned, Range=f"bytes={start}-{end - 1}")["Body"]
+        at = start
+        for chunk in body.iter_chunks(_CHUNK):
+            os.pwrite(fd, chunk, at)
+            at += len(chunk)
+        if at != end:
+            raise botocore.exceptions.IncompleteReadError(actual_bytes=at - start, expected_bytes=end - start)
+
+    def start_download(self, ref: ObjectRef, path: Path) -> ArrivingDownload:
+        """Start downloading the exact object version to ``path`` over ``transfer_threads``
+        connections and return once its first part has landed (so its size and first bytes are
+        known): the central directory's range next, then the rest in order (``s3stream``).
+        ``wait`` and ``fingerprint`` raise as ``download`` does; ``close`` it in any case."""
+        args = _version_args(ref)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with _download_errors():
+                response, first = self._read_first_range(args)
+            os.pwrite(fd, first, 0)
+            total = _total_size(response, len(first))
+            os.ftruncate(fd, total)
+            pinned = _pinned(args, response)
+            fetch_range = aws_retry(self._range_into)
+
+            def fetch(start: int, end: int) -> None:
+                with _download_errors():
+                    fetch_range(pinned, fd, start, end)
+
+            return ArrivingDownload(fd, total, self._part_size, len(first), fetch, self._threads)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def start_upload(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> StreamingUpload:
+        """Open a write-once multipart upload fed from ``path`` as it is written (``s3stream``).
+        Raises ``BucketMissingError`` or ERRL4002 as ``upload_once`` does."""
+        try:
+            upload_id = self._create_multipart(bucket, key, metadata)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            _not_uploaded(exc, bucket)
+            raise  # not reached: a create is never a precondition failure
+        fd = os.open(path, os.O_RDONLY)
+
+        def send(number: int, part_fd: int, offset: int, length: int) -> dict[str, Any]:
+            try:
+                return self._upload_part(bucket, key, upload_id, number, os.pread(part_fd, length, offset))
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+                raise _unavailable("ERRL4002", exc, Stage.QUARANTINE) from exc
+
+        def complete(parts: list[dict[str, Any]]) -> str | None:
+            return self._complete_multipart(bucket, key, upload_id, parts)
+
+        def abort() -> None:
+            self._abort_multipart(bucket, key, upload_id)
+
+        return StreamingUpload(fd, self._part_size, self._threads, send, complete, abort)
+
+    def finish_upload(
+        self, upload: StreamingUpload, size: int, bucket: str
+    ) -> tuple[Fingerprint, UploadReceipt]:
+        """Send the rest of a streamed upload and complete it: the output's fingerprint and what
+        the write-once completion did (``written`` False: the key already held an object)."""
+        try:
+            output, checksum = upload.finish(size)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            upload.abort()
+            assert upload.output is not None  # hashed before the completion was tried
+            return upload.output, _not_uploaded(exc, bucket)
+        except BaseException:
+            upload.abort()
+            raise
+        return output, UploadReceipt(written=True, s3_checksum=checksum)
 
     def open_ranged(self, ref: ObjectRef, *, max_fetches: int = 8) -> RangedObject:
         """The exact object version for random access: its first ``part_size`` bytes now, other
         bytes on demand (``RangedObject``). Raises as ``download`` does, also on later reads."""
         args = _version_args(ref)
         with _download_errors():
-            response, first = self._read_first_range(args)
+            response, head = self._read_first_range(args, _HEAD_RANGE)
         pinned = _pinned(args, response)
-        total = _total_size(response, len(first))
+        total = _total_size(response, len(head))
 
         def fetch(start: int, end: int) -> bytes:
             with _download_errors():
                 return self._range(pinned, start, end)
 
+        # A spliced upload's first part holds at least 5 MiB of the input after the head: fetch
+        # that much now, over the transfer threads.
+        want = min(total, MIN_PART + _HEAD_RANGE)
+        pieces = {0: head}
+
+        def fetch_piece(start: int) -> None:
+            pieces[start] = fetch(start, min(start + _HEAD_RANGE, want) - 1)
+
+        _run_all(fetch_piece, range(len(head), want, _HEAD_RANGE), self._threads)
+        first = b"".join(pieces[start] for start in sorted(pieces))
         return RangedObject(fetch, pinned, total, first, max_fetches=max_fetches)
 
     @aws_retry
-    def _read_first_range(self, args: dict[str, Any]) -> tuple[Any, bytes]:
-        response = self._first_range(args)
+    def _read_first_range(self, args: dict[str, Any], length: int | None = None) -> tuple[Any, bytes]:
+        response = self._first_range(args, length)
         return response, response["Body"].read()
 
-    def _first_range(self, args: dict[str, Any]) -> Any:
+    def _first_range(self, args: dict[str, Any], length: int | None = None) -> Any:
         try:
-            return self._s3.get_object(**args, Range=f"bytes=0-{self._part_size - 1}")
+            return self._s3.get_object(**args, Range=f"bytes=0-{(length or self._part_size) - 1}")
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "InvalidRange":
                 raise

@@ -16,9 +16,9 @@ from service.db import Database
 from service.edc import EdcRecord
 from service.errors import ErrorEntry
 from service.events import ObjectCreated
+from service.fingerprint import Fingerprint
 from service.processors.base import SeriesKey, SeriesSummary
 from service.quarantine import IntegrityRecord
-from service.s3io import Fingerprint
 
 STARTED, IN_PROGRESS, COMPLETED, FAILED = "Started", "In Progress", "Completed", "Failed"
 # Pipeline kinds: stamp the ATRIUID into DICOM, or place the file in quarantine unchanged.

@@ -19,9 +19,10 @@ from service.cli import main
 from service.config import Settings
 from service.errors import ConfigError, PermanentError, RetryableError, Stage
 from service.events import ObjectCreated
+from service.fingerprint import Fingerprint
 from service.local.samples import bundled_file
 from service.quarantine import check_fits_s3, quarantine_metadata
-from service.s3io import Fingerprint, ObjectStore
+from service.s3io import ObjectStore
 from service.workspace import DiskSpace
 from tests.stackfixtures import TestStack, s3_event
 

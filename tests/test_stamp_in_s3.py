@@ -53,7 +53,7 @@ def test_a_large_file_is_stamped_in_s3_and_equals_the_local_splice(stack: TestSt
     assert pydicom.dcmread(expected, stop_before_pixels=True)[0x0012, 0x0071].value == series["atri_uid"]
     # Only the head and the first part came through the worker; the rest was copied inside S3.
     (stamped,) = _events(stack, "job.stamped_in_s3")
-    assert int(stamped["bytes_read"]) < 6 * MB and int(stamped["bytes_sent"]) < 64 * 1024  # type: ignore[call-overload]
+    assert int(stamped["bytes_read"]) < 7 * MB and int(stamped["bytes_sent"]) < 64 * 1024  # type: ignore[call-overload]
     # The integrity record: sizes, no SHA-256 (the bytes were never all here), S3's CRC-32.
     assert (job["source_bytes"], job["quarantine_bytes"]) == (source.stat().st_size, len(stored))
     assert job["source_sha256"] is None and job["quarantine_sha256"] is None

@@ -9,8 +9,8 @@ import pytest
 from service.db import Database
 from service.errors import ErrorEntry
 from service.events import ObjectCreated
+from service.fingerprint import Fingerprint
 from service.quarantine import IntegrityRecord
-from service.s3io import Fingerprint
 from service.tracking import JobResult, LeaseLostError, TrackingStore
 from tests.stackfixtures import PIPELINE_CODE, TestStack
 
@@ -105,3 +105,31 @@ def test_a_worker_shutting_down_ends_its_leases_for_the_next_delivery(store: Tra
     # The abandoned delivery cannot change the job any more.
     with pytest.raises(LeaseLostError):
         store.complete_job(job, "msg-1:1", [], T0 + timedelta(seconds=7), NOTHING)
+
+
+def test_the_pool_keeps_its_connections_instead_of_reconnecting(stack: TestStack) -> None:
+    """Threads beyond the first must not open a new PostgreSQL session for every statement."""
+    import threading
+
+    db = Database(stack.pipeline_url, max_connections=3)
+    backends: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(3)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(5):
+            with db.transaction() as cur:
+                cur.execute("SELECT pg_backend_pid(), pg_sleep(0.02)")
+                row = cur.fetchone()
+                assert row is not None
+                with lock:
+                    backends.append(int(row[0]))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    db.close()
+    assert len(backends) == 15 and len(set(backends)) <= 3

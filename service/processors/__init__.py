@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom.config
@@ -47,8 +48,10 @@ from service.processors.base import (
     ZipLimits,
 )
 from service.processors.directory import ZIP_MAGICS
+from service.processors.gated import Gate
 from service.processors.instance import scan_instance, stamp_instance
 from service.processors.splice import check_tracking_tag
+from service.processors.zipstream import process_arriving_zip
 
 __all__ = [
     "DEFAULT_MAX_IN_MEMORY_BYTES",
@@ -60,6 +63,7 @@ __all__ = [
     "UidAllocator",
     "ZipLimits",
     "is_zip",
+    "process_arriving_zip_upload",
     "process_upload",
 ]
 
@@ -81,6 +85,42 @@ def is_zip(path: Path) -> bool:
     with open(path, "rb") as fp:
         head = fp.read(132)
     return head[:4] in ZIP_MAGICS and head[128:132] != b"DICM"
+
+
+def process_arriving_zip_upload(
+    src: Path,
+    dst: Path,
+    allocate: UidAllocator,
+    *,
+    gate: Gate,
+    on_written: Callable[[int], None],
+    tracking_tag: BaseTag = DEFAULT_TRACKING_TAG,
+    limits: ZipLimits = ZipLimits(),  # noqa: B008 - frozen dataclass, safe as a default
+    work_dir: Path | None = None,
+    max_in_memory_bytes: int = DEFAULT_MAX_IN_MEMORY_BYTES,
+) -> ProcessResult:
+    """``process_upload`` for a zip that ``src`` is still receiving: ``gate(start, end)`` returns
+    once those bytes have landed, ``on_written(n)`` is told after each member that the first ``n``
+    bytes of ``dst`` are final (``zipstream``). The allocator is called once per series, when its
+    first instance is found. Raises as ``process_upload`` does; ``dst`` is removed on failure."""
+    vr = check_tracking_tag(tracking_tag)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edc-process-", dir=work_dir) as work:
+            return process_arriving_zip(
+                src,
+                dst,
+                allocate,
+                tag=tracking_tag,
+                vr=vr,
+                limits=limits,
+                work=Path(work),
+                max_in_memory_bytes=max_in_memory_bytes,
+                gate=gate,
+                on_written=on_written,
+            )
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
 
 
 def _process_file(

@@ -50,6 +50,7 @@ from service.processors.directory import (
     validate_directory,
 )
 from service.processors.fastscan import quick_scan
+from service.processors.gated import Gate
 from service.processors.instance import (
     Instance,
     check_head_with_pydicom,
@@ -72,7 +73,7 @@ from service.processors.zipraw import (
 MAX_RAW_HEAD = 16 * 1024 * 1024
 
 
-class _Budget:
+class Budget:
     """Counts the bytes really produced, against the per-member header and the total limit."""
 
     def __init__(self, limit: int) -> None:
@@ -96,7 +97,7 @@ class _Budget:
             target.write(chunk)
 
 
-def _extract(zin: zipfile.ZipFile, member: Member, path: Path, budget: _Budget) -> None:
+def _extract(zin: zipfile.ZipFile, member: Member, path: Path, budget: Budget) -> None:
     with reading_zip(), zin.open(member.info) as source, open(path, "wb") as target:
         budget.pump(source, target, member)
     with open(path, "rb") as extracted:
@@ -105,7 +106,7 @@ def _extract(zin: zipfile.ZipFile, member: Member, path: Path, budget: _Budget) 
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class Entry:
     """The scan pass's verdict on one member."""
 
     instance: Instance | None = None  # a DICOM instance to stamp
@@ -114,7 +115,7 @@ class _Entry:
     system: bool = False  # a system file, carried over unchanged without an issue
 
 
-def _scan_raw(archive: BinaryIO, member: Member, tag: BaseTag) -> _Entry | None:
+def _scan_raw(archive: BinaryIO, member: Member, tag: BaseTag) -> Entry | None:
     """The in-place scan of a stored member; None when it needs the extracting scan."""
     info = member.info
     offset = data_offset(archive, info)
@@ -128,23 +129,23 @@ def _scan_raw(archive: BinaryIO, member: Member, tag: BaseTag) -> _Entry | None:
     if plan.cut_end > MAX_RAW_HEAD:
         return None
     instance = Instance(SeriesKey(quick.study_uid, quick.series_uid), quick.series_number, plan)
-    return _Entry(instance=instance, raw_offset=offset)
+    return Entry(instance=instance, raw_offset=offset)
 
 
-def _scan_member(
+def scan_member(
     zin: zipfile.ZipFile,
     archive: BinaryIO,
     member: Member,
     work: Path,
     tag: BaseTag,
-    budget: _Budget,
+    budget: Budget,
     max_in_memory_bytes: int,
-) -> _Entry:
+) -> Entry:
     info = member.info
     if info.is_dir():
-        return _Entry()
+        return Entry()
     if is_system_file(info.filename):
-        return _Entry(system=True)
+        return Entry(system=True)
     path = work / "scan.member"
     try:
         if is_raw_member(info):
@@ -152,17 +153,17 @@ def _scan_member(
             if entry is not None:
                 return entry
         _extract(zin, member, path, budget)
-        return _Entry(instance=scan_instance(path, tag, max_in_memory_bytes=max_in_memory_bytes))
+        return Entry(instance=scan_instance(path, tag, max_in_memory_bytes=max_in_memory_bytes))
     except PermanentError as exc:
         if exc.code not in INSTANCE_CODES:
             raise
         code = "ERRS1013" if exc.code == "ERRS1012" else exc.code
-        return _Entry(issue=member.issue(code, f"{exc.message}; carried over unchanged"))
+        return Entry(issue=member.issue(code, f"{exc.message}; carried over unchanged"))
     finally:
         path.unlink(missing_ok=True)
 
 
-def _summaries(entries: Sequence[_Entry]) -> tuple[SeriesSummary, ...]:
+def _summaries(entries: Sequence[Entry]) -> tuple[SeriesSummary, ...]:
     """One summary per series found by the scan, in order of first appearance in the archive."""
     counts: dict[SeriesKey, int] = {}
     numbers: dict[SeriesKey, int | None] = {}
@@ -174,7 +175,9 @@ def _summaries(entries: Sequence[_Entry]) -> tuple[SeriesSummary, ...]:
     return tuple(SeriesSummary(key, numbers[key], count) for key, count in counts.items())
 
 
-def _stamped(series: Sequence[SeriesSummary], stamped: Mapping[SeriesKey, int]) -> tuple[SeriesSummary, ...]:
+def stamped_series(
+    series: Sequence[SeriesSummary], stamped: Mapping[SeriesKey, int]
+) -> tuple[SeriesSummary, ...]:
     """The scan's series as written: each counts the instances that carry its ATRIUID in the
     output, and a series none of whose instances was stamped is left out."""
     return tuple(
@@ -184,7 +187,7 @@ def _stamped(series: Sequence[SeriesSummary], stamped: Mapping[SeriesKey, int]) 
     )
 
 
-def _no_instance(entries: Sequence[_Entry]) -> PermanentError:
+def no_instance_error(entries: Sequence[Entry]) -> PermanentError:
     broken = [
         e.issue.code for e in entries if e.issue and e.issue.code in ("ERRS1002", "ERRS1014", "ERRS1020")
     ]
@@ -227,7 +230,7 @@ def _out_info(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
     return out
 
 
-class _Writer:
+class Writer:
     """The write pass: one output member per input member, in order."""
 
     def __init__(
@@ -238,10 +241,12 @@ class _Writer:
         work: Path,
         limit: int,
         max_in_memory_bytes: int,
+        gate: Gate | None = None,
     ) -> None:
         self.zin, self.zout, self.archive, self.work = zin, zout, archive, work
+        self.gate = gate  # a download still landing: wait for a byte range before the kernel copies it
         self.max_in_memory_bytes = max_in_memory_bytes
-        self.budget = _Budget(limit)
+        self.budget = Budget(limit)
         self.stamped: dict[SeriesKey, int] = {}  # instances carrying each series' ATRIUID
         self.fallbacks = 0
         self.deep_verified: set[SeriesKey] = set()  # pydicom re-reads one instance per series
@@ -251,6 +256,10 @@ class _Writer:
             return False
         self.deep_verified.add(key)
         return True
+
+    def _arrived(self, offset: int, count: int) -> None:
+        if self.gate is not None:
+            self.gate(offset, offset + count)
 
     def _count(self, instance: Instance) -> None:
         self.stamped[instance.key] = self.stamped.get(instance.key, 0) + 1
@@ -273,6 +282,7 @@ class _Writer:
         if is_raw_member(info):
             offset = data_offset(self.archive, info)
             self.budget.charge(info.file_size, member)
+            self._arrived(offset, info.file_size)
             write_stored_member(
                 self.zout, _out_info(info), b"", self.archive, offset, info.file_size, info.CRC
             )
@@ -304,6 +314,7 @@ class _Writer:
         tail = info.file_size - plan.cut_end
         crc = replaced_head_crc(info.CRC, old_head, head, tail)
         self.budget.charge(len(head) + tail, member)
+        self._arrived(offset + plan.cut_end, tail)
         write_stored_member(self.zout, _out_info(info), head, self.archive, offset + plan.cut_end, tail, crc)
         self._count(instance)
         return None
@@ -372,29 +383,29 @@ def process_zip(
         archive = stack.enter_context(open(src, "rb"))
         check_layout(archive, infos, zin.start_dir)
         members = [Member(position, info) for position, info in enumerate(infos, start=1)]
-        scan_budget = _Budget(limits.max_total_uncompressed)
+        scan_budget = Budget(limits.max_total_uncompressed)
         try:
             entries = [
-                _scan_member(zin, archive, member, work, tag, scan_budget, max_in_memory_bytes)
+                scan_member(zin, archive, member, work, tag, scan_budget, max_in_memory_bytes)
                 for member in members
             ]
         except zipfile.BadZipFile:
             raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
         found = _summaries(entries)
         if not found:
-            raise _no_instance(entries)
+            raise no_instance_error(entries)
         uids = checked_uids(allocate(found), found, vr)
         with zipfile.ZipFile(dst, "w", allowZip64=True) as zout, warnings.catch_warnings():
             # Duplicate member names are carried over as they came (and reported, ERRS1019);
             # zipfile warns about them.
             warnings.filterwarnings("ignore", message="Duplicate name", category=UserWarning)
-            writer = _Writer(zin, zout, archive, work, limits.max_total_uncompressed, max_in_memory_bytes)
+            writer = Writer(zin, zout, archive, work, limits.max_total_uncompressed, max_in_memory_bytes)
             try:
                 issues = _write_members(writer, members, entries, duplicate_issues(infos), uids, tag, vr)
             except zipfile.BadZipFile:
                 raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
             zout.comment = zin.comment
-    series = _stamped(found, writer.stamped)
+    series = stamped_series(found, writer.stamped)
     if not series:
         attempted = sum(1 for entry in entries if entry.instance is not None)
         raise fail("ERRL3002", f"none of the {attempted} DICOM member(s) could be stamped")
@@ -409,9 +420,9 @@ def process_zip(
 
 
 def _write_members(
-    writer: _Writer,
+    writer: Writer,
     members: Sequence[Member],
-    entries: Sequence[_Entry],
+    entries: Sequence[Entry],
     duplicates: Mapping[int, MemberIssue],
     uids: Mapping[SeriesKey, str],
     tag: BaseTag,
@@ -419,16 +430,32 @@ def _write_members(
 ) -> list[MemberIssue]:
     issues: list[MemberIssue] = []
     for member, entry in zip(members, entries, strict=True):
-        if member.position in duplicates:
-            issues.append(duplicates[member.position])
-        if entry.instance is None:
-            writer.carry(member)
-            issue = entry.issue
-        elif entry.raw_offset is not None:
-            uid = uids[entry.instance.key]
-            issue = writer.stamp_raw(member, entry.instance, entry.raw_offset, tag, vr, uid)
-        else:
-            issue = writer.stamp(member, entry.instance, tag, vr, uids[entry.instance.key])
-        if issue is not None:
-            issues.append(issue)
+        issues.extend(write_member(writer, member, entry, duplicates, uids, tag, vr))
+    return issues
+
+
+def write_member(
+    writer: Writer,
+    member: Member,
+    entry: Entry,
+    duplicates: Mapping[int, MemberIssue],
+    uids: Mapping[SeriesKey, str],
+    tag: BaseTag,
+    vr: str,
+) -> list[MemberIssue]:
+    """Write one member as the scan decided: carried over, stamped in place or extracted and
+    stamped. Returns its issues (a duplicate name, a member that could not be stamped)."""
+    issues: list[MemberIssue] = []
+    if member.position in duplicates:
+        issues.append(duplicates[member.position])
+    if entry.instance is None:
+        writer.carry(member)
+        issue = entry.issue
+    elif entry.raw_offset is not None:
+        uid = uids[entry.instance.key]
+        issue = writer.stamp_raw(member, entry.instance, entry.raw_offset, tag, vr, uid)
+    else:
+        issue = writer.stamp(member, entry.instance, tag, vr, uids[entry.instance.key])
+    if issue is not None:
+        issues.append(issue)
     return issues

@@ -145,6 +145,9 @@ def validate_directory(infos: Sequence[zipfile.ZipInfo], limits: ZipLimits) -> N
         )
 
 
+_LOCAL_HEADER_SIZE = 30  # a local file header without its name and extra fields
+
+
 def check_layout(archive: BinaryIO, infos: Sequence[zipfile.ZipInfo], directory_start: int) -> None:
     """Refuse overlapping members (a zip bomb that lists one payload many times) with ERRS1016.
 
@@ -177,6 +180,41 @@ def check_layout(archive: BinaryIO, infos: Sequence[zipfile.ZipInfo], directory_
         reached = max(reached, end)
     if overlapping:
         raise fail("ERRS1016", f"{overlapping} of {len(infos)} zip member(s) overlap another member")
+
+
+def directory_bounds(infos: Sequence[zipfile.ZipInfo], directory_start: int) -> list[int]:
+    """``check_layout`` from the central directory alone, for an archive still arriving.
+
+    Refuses with ERRS1016 what the directory shows (a local header outside the member data; two
+    members whose ranges overlap even at their smallest: a header and the data, no name), and
+    returns for each member the offset its data must end by: the next local header in offset
+    order, or the central directory. ``check_member_end`` completes the check member by member
+    once each local header has landed: together they refuse exactly what ``check_layout`` does.
+    """
+    outside = sum(1 for info in infos if not 0 <= info.header_offset < directory_start)
+    if outside:
+        raise fail(
+            "ERRS1016", f"{outside} of {len(infos)} zip member(s) lie outside the archive's member data"
+        )
+    order = sorted(range(len(infos)), key=lambda index: infos[index].header_offset)
+    bounds = [directory_start] * len(infos)
+    overlapping, reached = 0, 0
+    for rank, index in enumerate(order):
+        info = infos[index]
+        if info.header_offset < reached:
+            overlapping += 1
+        reached = max(reached, info.header_offset + _LOCAL_HEADER_SIZE + info.compress_size)
+        if rank + 1 < len(order):
+            bounds[index] = infos[order[rank + 1]].header_offset
+    if overlapping:
+        raise fail("ERRS1016", f"{overlapping} of {len(infos)} zip member(s) overlap another member")
+    return bounds
+
+
+def check_member_end(end: int, bound: int) -> None:
+    """ERRS1016 when a member's data (measured with its local header) runs past ``bound``."""
+    if end > bound:
+        raise fail("ERRS1016", "a zip member overlaps the next member or the central directory")
 
 
 def duplicate_issues(infos: Sequence[zipfile.ZipInfo]) -> dict[int, MemberIssue]:
