@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,33 +35,27 @@ from service.keys import (
     parse_source_key,
     render_name,
 )
+from service.largeuploads import Placed, stamp_in_s3, stream_zip
 from service.logs import describe_exception
 from service.metrics import UNASSIGNED, Metrics, NoMetrics
-from service.processors import is_zip, process_arriving_zip_upload, process_upload
+from service.placer import Destination, Placer
+from service.processors import is_zip, process_upload
 from service.processors.base import ProcessResult, SeriesKey, SeriesSummary, UidAllocator, ZipLimits
-from service.processors.directory import member_suffix
-from service.processors.headstamp import scan_head, stamp_head
 from service.quarantine import (
     JOB_ID_METADATA,
     IntegrityRecord,
-    Placement,
-    Upload,
     check_fits_s3,
     fingerprint_in,
-    place_in_quarantine,
     quarantine_metadata,
-    settle_placement,
 )
-from service.reporting import JobReport, Reporter
+from service.reporting import JobReport, Reporter, member_issue_entries
 from service.retry import is_transient_db_error
 from service.s3io import (
-    BucketMissingError,
     ObjectRef,
     ObjectStore,
     UploadReceipt,
     file_fingerprint,
 )
-from service.s3splice import HeadOnlyRefused
 from service.s3stream import ArrivingDownload
 from service.tracking import (
     COMPLETED,
@@ -209,6 +202,7 @@ class ObjectHandler:
         self._tracking = tracking
         self._edc = edc
         self._store = store
+        self._placer = Placer(store, tracking, options.destination_bucket)
         self._reporter = reporter
         self._options = options
         self._clock = clock
@@ -370,7 +364,8 @@ class ObjectHandler:
             def upload(bucket: str, key: str, metadata: Mapping[str, str]) -> UploadReceipt:
                 return self._store.upload_once(Path(tmp) / "output", bucket, key, metadata, sha256)
 
-            placed = self._place(attempt, name, output, upload)
+            placed = self._placer.place(_destination(attempt, name), attempt.source_print, output, upload)
+            attempt.destination = placed.key
         integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
         return self._complete(attempt, result, issues, integrity)
 
@@ -380,112 +375,41 @@ class ObjectHandler:
         return attempt.pipeline.kind != COPY and minimum > 0 and size >= minimum
 
     def _run_in_s3(self, attempt: _Attempt, name: str) -> Outcome | None:
-        """Stamp a single file from its head: the new head goes up, the rest is copied inside S3.
-
-        Returns None, having written nothing and allocated nothing, when the upload does not
-        qualify (a zip, an unusual file, a header that reaches far into the object): the caller
-        then downloads it and takes the local path, which classifies it fully.
-        """
+        """A single file stamped inside S3 (``largeuploads``); None: take the local path."""
         started = self._clock()
-        source = self._store.open_ranged(_ref(attempt.source))
-        tag = self._options.tracking_tag
-        try:
-            instance = scan_head(source, source.size, tag) if source.first[128:132] == b"DICM" else None
-        except (HeadOnlyRefused, PermanentError) as exc:
-            # The local path reads the whole file and gives the verdict its full record.
-            log.info("job.stamp_in_s3_declined", reason=type(exc).__name__, bytes_read=source.fetched)
-            instance = None
-        if instance is None:
-            return None
-        stamp = stamp_head(source, instance, self._allocator(attempt.job.id), tag)
-        attempt.source_print = Fingerprint(source.size, None)
-        output = Fingerprint(stamp.output_size, None)
-        result = ProcessResult(series=stamp.series, issues=(), instances_stamped=1, members=1)
-        self._log_processed(attempt, result, started, in_s3=True)
-
-        def upload(bucket: str, key: str, metadata: Mapping[str, str]) -> UploadReceipt:
-            return self._store.upload_spliced(source, stamp.head, stamp.tail_start, bucket, key, metadata)
-
-        placed = self._place(attempt, name, output, upload)
-        log.info("job.stamped_in_s3", bytes_read=source.fetched, bytes_sent=len(stamp.head))
-        integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
-        return self._complete(attempt, result, [], integrity)
+        placed = stamp_in_s3(
+            self._store,
+            self._placer,
+            _destination(attempt, name),
+            _ref(attempt.source),
+            self._options.tracking_tag,
+            self._allocator(attempt.job.id),
+            lambda result, source: self._log_processed(attempt, result, source, started, in_s3=True),
+        )
+        return None if placed is None else self._settle(attempt, placed, [])
 
     def _run_streamed(
         self, attempt: _Attempt, name: str, tmp: Path, arriving: ArrivingDownload, started: datetime
     ) -> Outcome:
-        """A zip stamped while it arrives and sent while it is written (``zipstream``): members in
-        order as their bytes land, output parts as soon as they are final.
-
-        The upload starts before the output exists, so its metadata holds what is known then (the
-        job, the source and its size); the SHA-256 pair of the integrity record is on the job row.
-        """
-        metadata = quarantine_metadata(attempt.job.id, attempt.source, Fingerprint(arriving.size, None), None)
-        bucket, destination = self._reserve(attempt, name, metadata)
-        output = tmp / "output"
-        output.touch()
-        try:
-            stream = self._store.start_upload(output, bucket, destination, metadata)
-        except BucketMissingError:
-            self._tracking.clear_destination(attempt.job.id, attempt.delivery.owner)
-            raise
-        try:
-            result = process_arriving_zip_upload(
-                tmp / "source",
-                output,
-                self._allocator(attempt.job.id),
-                gate=arriving.wait,
-                on_written=stream.advance,
-                tracking_tag=self._options.tracking_tag,
-                limits=self._options.zip_limits,
-                work_dir=tmp,
-                max_in_memory_bytes=self._options.max_in_memory_bytes,
-            )
-            attempt.source_print = arriving.fingerprint()
-            written = output.stat().st_size
-        except BaseException:
-            stream.abort()  # nothing was completed: the reserved place holds nothing
-            with contextlib.suppress(Exception):
-                self._tracking.clear_destination(attempt.job.id, attempt.delivery.owner)
-            raise
-        self._log_processed(attempt, result, started, in_s3=False)
-        stored, receipt = self._store.finish_upload(stream, written, bucket)
-        placed = settle_placement(self._store, receipt, bucket, destination, attempt.job.id, stored)
-        attempt.destination = destination
-        issues = member_issue_entries(tmp / "source", result)
-        integrity = IntegrityRecord(attempt.source_print, placed.stored, placed.s3_checksum)
-        return self._complete(attempt, result, issues, integrity)
-
-    def _reserve(self, attempt: _Attempt, name: str, metadata: Mapping[str, str]) -> tuple[str, str]:
-        """The job's quarantine bucket and key, reserved now or by an earlier attempt.
-
-        Reserved just before the upload: a job that fails earlier has no quarantine key. A retry
-        writes where the first attempt reserved, whatever DESTINATION_BUCKET says now.
-        """
-        check_fits_s3(name, metadata)  # before reserving: a refused job keeps no series rows
-        bucket, destination = self._tracking.reserve_destination(
-            attempt.job.id, attempt.delivery.owner, self._options.destination_bucket, name
+        """A zip stamped while it arrives and sent while it is written (``largeuploads``)."""
+        placed = stream_zip(
+            self._placer,
+            _destination(attempt, name),
+            arriving,
+            tmp,
+            self._allocator(attempt.job.id),
+            lambda result, source: self._log_processed(attempt, result, source, started, in_s3=False),
+            tag=self._options.tracking_tag,
+            limits=self._options.zip_limits,
+            max_in_memory_bytes=self._options.max_in_memory_bytes,
         )
-        if destination != name:  # reserved by an earlier attempt, under other EDC values
-            check_fits_s3(destination, metadata)
-        return bucket, destination
+        return self._settle(attempt, placed, member_issue_entries(tmp / "source", placed.result))
 
-    def _place(self, attempt: _Attempt, name: str, output: Fingerprint, upload: Upload) -> Placement:
-        """Reserve the destination and write the output there once."""
-        assert attempt.source_print is not None
-        metadata = quarantine_metadata(attempt.job.id, attempt.source, attempt.source_print, output)
-        bucket, destination = self._reserve(attempt, name, metadata)
-        try:
-            placed = place_in_quarantine(
-                self._store, upload, bucket, destination, attempt.job.id, metadata, output
-            )
-        except BucketMissingError:
-            # Nothing can be there: let a retry (after the operator fixed DESTINATION_BUCKET,
-            # and a redrive) reserve the bucket configured by then.
-            self._tracking.clear_destination(attempt.job.id, attempt.delivery.owner)
-            raise
-        attempt.destination = destination
-        return placed
+    def _settle(self, attempt: _Attempt, placed: Placed, issues: list[ErrorEntry]) -> Outcome:
+        attempt.source_print = placed.source
+        attempt.destination = placed.placement.key
+        integrity = IntegrityRecord(placed.source, placed.placement.stored, placed.placement.s3_checksum)
+        return self._complete(attempt, placed.result, issues, integrity)
 
     def _allocator(self, job_id: int) -> UidAllocator:
         def allocate(series: Sequence[SeriesSummary]) -> Mapping[SeriesKey, str]:
@@ -497,12 +421,11 @@ class ObjectHandler:
         return allocate
 
     def _log_processed(
-        self, attempt: _Attempt, result: ProcessResult, started: datetime, *, in_s3: bool
+        self, attempt: _Attempt, result: ProcessResult, source: Fingerprint, started: datetime, *, in_s3: bool
     ) -> None:
-        assert attempt.source_print is not None
         log.info(
             "job.processed",
-            bytes=attempt.source_print.size,
+            bytes=source.size,
             series=len(result.series),
             members=result.members,
             instances_stamped=result.instances_stamped,
@@ -532,7 +455,8 @@ class ObjectHandler:
                 work_dir=tmp,
                 max_in_memory_bytes=self._options.max_in_memory_bytes,
             )
-        self._log_processed(attempt, result, started, in_s3=False)
+        assert attempt.source_print is not None
+        self._log_processed(attempt, result, attempt.source_print, started, in_s3=False)
         return result
 
     def _complete(
@@ -676,30 +600,6 @@ class ObjectHandler:
         )
 
 
-def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry]:
-    """Error entries for the members that had a problem, named by position, never by name.
-
-    Exporters often name folders and files after the patient ("DOE^JOHN/IM1",
-    "ROE^JANE.19650312"), so a zip member is reported as ``#N.ext``: its 1-based position in the
-    archive (``MemberIssue.position``, exact even when two members share a name) and its extension
-    when it is a known one. An issue without a position (a single file) is looked up by name.
-    """
-    if not result.issues:
-        return []
-    positions: dict[str, int] = {}
-    if any(issue.position is None for issue in result.issues) and is_zip(source):
-        with zipfile.ZipFile(source) as archive:
-            positions = {name: n for n, name in reversed(list(enumerate(archive.namelist(), start=1)))}
-    entries = []
-    for issue in result.issues:
-        label = issue.member
-        position = issue.position if issue.position is not None else positions.get(issue.member)
-        if position is not None:
-            label = f"#{position}{member_suffix(issue.member)}"
-        entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
-    return entries
-
-
 def _dependency_of(exc: Exception) -> Dependency | None:
     """The dependency a fault is about, if it is one that might be an outage."""
     if isinstance(exc, RetryableError) and exc.dependency is not None:
@@ -707,6 +607,10 @@ def _dependency_of(exc: Exception) -> Dependency | None:
     if isinstance(exc, psycopg2.Error) and is_transient_db_error(exc):
         return Dependency.PIPELINE_DATABASE
     return None
+
+
+def _destination(attempt: _Attempt, name: str) -> Destination:
+    return Destination(attempt.job.id, attempt.delivery.owner, attempt.source, name)
 
 
 def _ref(source: ObjectCreated) -> ObjectRef:

@@ -7,17 +7,22 @@ outage must not turn a recorded failure into a redelivery loop.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
 from service.edc import EdcRecord
-from service.errors import ErrorEntry, RetryableError, meaning_of
+from service.errors import ErrorEntry, RetryableError, Stage, meaning_of
 from service.events import ObjectCreated
 from service.keys import QuarantineFields, SourceKey, clean_field, error_log_name
 from service.notify import Notifier
+from service.processors import is_zip
+from service.processors.base import ProcessResult
+from service.processors.directory import member_suffix
 from service.quarantine import MAX_KEY_BYTES
 from service.s3io import ObjectStore
 
@@ -252,3 +257,27 @@ def render_error_log(job: JobReport, errors: Sequence[ErrorEntry], now: datetime
         lines.append(_NEXT_STEPS)
         lines.extend(f"  {step}" for step in steps)
     return "\n".join(lines) + "\n"
+
+
+def member_issue_entries(source: Path, result: ProcessResult) -> list[ErrorEntry]:
+    """Error entries for the members that had a problem, named by position, never by name.
+
+    Exporters often name folders and files after the patient ("DOE^JOHN/IM1",
+    "ROE^JANE.19650312"), so a zip member is reported as ``#N.ext``: its 1-based position in the
+    archive (``MemberIssue.position``, exact even when two members share a name) and its extension
+    when it is a known one. An issue without a position (a single file) is looked up by name.
+    """
+    if not result.issues:
+        return []
+    positions: dict[str, int] = {}
+    if any(issue.position is None for issue in result.issues) and is_zip(source):
+        with zipfile.ZipFile(source) as archive:
+            positions = {name: n for n, name in reversed(list(enumerate(archive.namelist(), start=1)))}
+    entries = []
+    for issue in result.issues:
+        label = issue.member
+        position = issue.position if issue.position is not None else positions.get(issue.member)
+        if position is not None:
+            label = f"#{position}{member_suffix(issue.member)}"
+        entries.append(ErrorEntry(issue.code, issue.message, Stage.PROCESS, label))
+    return entries

@@ -175,15 +175,22 @@ class ObjectStore:
             os.close(fd)
             raise
 
-    def start_upload(self, path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> StreamingUpload:
-        """Open a write-once multipart upload fed from ``path`` as it is written (``s3stream``).
-        Raises ``BucketMissingError`` or ERRL4002 as ``upload_once`` does."""
+    def start_upload(
+        self, path: Path, bucket: str, key: str, metadata: Mapping[str, str], *, expected_size: int
+    ) -> StreamingUpload:
+        """Open a write-once multipart upload fed from ``path`` as it is written (``s3stream``),
+        in parts sized so that about ``expected_size`` bytes fit S3's 10,000 parts. Raises
+        ``BucketMissingError`` or ERRL4002 as ``upload_once`` does."""
+        fd = os.open(path, os.O_RDONLY)
         try:
             upload_id = self._create_multipart(bucket, key, metadata)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            os.close(fd)
             _not_uploaded(exc, bucket)
             raise  # not reached: a create is never a precondition failure
-        fd = os.open(path, os.O_RDONLY)
+        except BaseException:
+            os.close(fd)
+            raise
 
         def send(number: int, part_fd: int, offset: int, length: int) -> dict[str, Any]:
             try:
@@ -197,7 +204,13 @@ class ObjectStore:
         def abort() -> None:
             self._abort_multipart(bucket, key, upload_id)
 
-        return StreamingUpload(fd, self._part_size, self._threads, send, complete, abort)
+        part_size = self._parts_for(expected_size + expected_size // 64)  # headroom for the stamps
+        return StreamingUpload(fd, part_size, self._threads, send, complete, abort)
+
+    def _parts_for(self, size: int) -> int:
+        """``part_size``, or larger (whole MiB) where ``size`` would need more than 10,000 parts."""
+        needed = -(-size // 9_999)
+        return max(self._part_size, -(-needed // _CHUNK) * _CHUNK)
 
     def finish_upload(
         self, upload: StreamingUpload, size: int, bucket: str
@@ -348,14 +361,15 @@ class ObjectStore:
         upload_id = self._create_multipart(bucket, key, metadata)
         try:
             size = path.stat().st_size
+            part_size = self._parts_for(size)
             parts: dict[int, dict[str, Any]] = {}
             with open(path, "rb") as body:
 
                 def send(number: int) -> None:  # each thread reads its own part: bounded memory
-                    chunk = os.pread(body.fileno(), self._part_size, (number - 1) * self._part_size)
+                    chunk = os.pread(body.fileno(), part_size, (number - 1) * part_size)
                     parts[number] = self._upload_part(bucket, key, upload_id, number, chunk)
 
-                count = -(-size // self._part_size) or 1
+                count = -(-size // part_size) or 1
                 _run_all(send, range(1, count + 1), self._threads)
             return self._complete_multipart(bucket, key, upload_id, [parts[n] for n in sorted(parts)])
         except BaseException:

@@ -47,6 +47,7 @@ class ArrivingDownload:
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._cancelled = False
+        self._closed = False
         starts = list(range(first_length, size, part_size))
         self._ranges = {start: min(start + part_size, size) for start in starts}
         self._pending = set(starts)
@@ -55,6 +56,7 @@ class ArrivingDownload:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="s3-get")
         self._futures: list[Future[None]] = [self._pool.submit(self._land, fetch, s) for s in order]
         self._digest = hashlib.sha256()
+        self._hash_error: BaseException | None = None
         self._hasher = threading.Thread(target=self._hash_in_order, name="s3-hash", daemon=True)
         self._hasher.start()
 
@@ -90,24 +92,36 @@ class ArrivingDownload:
                 self._cond.wait()
 
     def _hash_in_order(self) -> None:
+        try:
+            self._hash_all()
+        except BaseException as exc:  # noqa: BLE001 - raised again by ``fingerprint``
+            self._hash_error = exc
+
+    def _hash_all(self) -> None:
         position = 0
         while position < self.size:
             end = min(position + _CHUNK, self.size)
-            try:
-                self.wait(position, end)
-            except BaseException:  # noqa: BLE001 - reported by ``fingerprint``
-                return
-            self._digest.update(os.pread(self._fd, end - position, position))
+            self.wait(position, end)
+            chunk = os.pread(self._fd, end - position, position)
+            if len(chunk) != end - position:
+                raise OSError("the downloaded file is shorter than the bytes that landed")
+            self._digest.update(chunk)
             position = end
 
     def fingerprint(self) -> Fingerprint:
-        """Wait for the whole object; its size and SHA-256. Raises the download's error."""
+        """Wait for the whole object; its size and SHA-256. Raises the download's error (or the
+        hashing's: a fingerprint is never of fewer bytes than the object's)."""
         self.wait(0, self.size)
         self._hasher.join()
+        if self._hash_error is not None:
+            raise self._hash_error
         return Fingerprint(self.size, self._digest.hexdigest())
 
     def close(self) -> None:
-        """Stop fetching and wait for the ranges in flight (nothing writes to the file after)."""
+        """Stop fetching, wait for the ranges in flight (nothing writes to the file after) and
+        close the file (its blocks are freed when the job's directory is removed). Idempotent."""
+        if self._closed:
+            return
         self._cancelled = True
         for future in self._futures:
             future.cancel()
@@ -117,6 +131,8 @@ class ArrivingDownload:
                 self._error = RuntimeError("download closed before it ended")
             self._cond.notify_all()
         self._hasher.join()
+        os.close(self._fd)
+        self._closed = True
 
 
 class StreamingUpload:
@@ -164,6 +180,8 @@ class StreamingUpload:
         completion raised (a ``ClientError`` PreconditionFailed when the key already holds an
         object); ``abort`` then."""
         self._hash_to(size)
+        while self._next_part * self._part_size < size:  # whole parts, the last one kept for below
+            self._submit(self._next_part, self._part_size)
         start = (self._next_part - 1) * self._part_size
         if start < size or self._next_part == 1:
             self._submit(self._next_part, size - start)

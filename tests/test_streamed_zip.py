@@ -12,9 +12,10 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
+from service.errors import RetryableError, Stage
 from service.fingerprint import Fingerprint
 from service.local.samples import bundled_file
-from service.processors import process_upload
+from service.processors import process_arriving_zip_upload, process_upload
 from service.processors.base import SeriesKey, SeriesSummary
 from service.s3io import ObjectStore
 from service.s3stream import ArrivingDownload, StreamingUpload
@@ -154,8 +155,7 @@ def test_an_arriving_download_lands_the_tail_first_and_hashes_in_order(tmp_path:
     download.wait(0, len(data))
     assert download.fingerprint() == Fingerprint(len(data), hashlib.sha256(data).hexdigest())
     assert order == [10_000, *range(1000, 10_000, 1000)]
-    download.close()
-    os.close(fd)
+    download.close()  # closes the file too
 
 
 def test_a_failed_range_is_raised_to_whoever_waits_for_it(tmp_path: Path) -> None:
@@ -171,8 +171,7 @@ def test_a_failed_range_is_raised_to_whoever_waits_for_it(tmp_path: Path) -> Non
         download.wait(0, 3000)
     with pytest.raises(RuntimeError):
         download.fingerprint()
-    download.close()
-    os.close(fd)
+    download.close()  # closes the file too
 
 
 def test_a_streaming_upload_sends_each_part_once_it_is_committed(tmp_path: Path) -> None:
@@ -197,3 +196,25 @@ def test_a_streaming_upload_sends_each_part_once_it_is_committed(tmp_path: Path)
     assert sorted(sent) == [(1, data[:10]), (2, data[10:20]), (3, data[20:])]
     assert completed == [[{"PartNumber": 1}, {"PartNumber": 2}, {"PartNumber": 3}]]
     assert output == Fingerprint(25, hashlib.sha256(data).hexdigest()) and checksum == "sum"
+
+
+def test_s3_unavailable_while_a_zip_arrives_is_retryable_not_a_corrupt_zip(tmp_path: Path) -> None:
+    """A transient fault reaching the zip reader through the gate keeps its code and kind."""
+    archive = _series_zip(tmp_path)
+    size = archive.stat().st_size
+    tail = size - 64 * 1024
+
+    def gate(start: int, end: int) -> None:
+        if start < tail and end > 5 * MB:  # the central directory and the first part are there
+            raise RetryableError("ERRL2001", "S3 call failed (transient)", Stage.DOWNLOAD)
+
+    with pytest.raises(RetryableError) as info:
+        process_arriving_zip_upload(
+            archive,
+            tmp_path / "out.zip",
+            lambda series: {s.key: "1.2" for s in series},
+            gate=gate,
+            on_written=lambda _n: None,
+        )
+    assert info.value.code == "ERRL2001"
+    assert not (tmp_path / "out.zip").exists()

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from service.errors import PermanentError, Stage
-from service.pipeline import member_issue_entries
 from service.processors import ProcessResult, process_upload
 from service.processors.base import SeriesKey, ZipLimits
 from service.processors.directory import member_suffix
 from service.processors.reading import fail
+from service.reporting import member_issue_entries
 from tests.test_processors_zip import (
     DATE,
     MR700,

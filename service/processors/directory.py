@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from service.errors import PermanentError
+from service.errors import PipelineError
 from service.processors.base import MemberIssue, ZipLimits
 from service.processors.reading import fail, is_os_fault
 from service.processors.zipraw import data_start
@@ -54,10 +54,11 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 @contextmanager
 def reading_zip() -> Iterator[None]:
     """Map failures while reading the archive to ERRS1015 (zipfile and its decompressors raise
-    many types on hostile bytes); our own ``PermanentError`` and real disk faults pass through."""
+    many types on hostile bytes); our own errors (a ``PermanentError``, or a ``RetryableError``
+    from a download still arriving) and real disk faults pass through."""
     try:
         yield
-    except PermanentError:
+    except PipelineError:
         raise
     except Exception as exc:
         if is_os_fault(exc):
