@@ -405,6 +405,14 @@ def process_zip(
             except zipfile.BadZipFile:
                 raise fail("ERRS1015", "zip archive is corrupt or unreadable") from None
             zout.comment = zin.comment
+    return zip_result(found, writer, entries, issues)
+
+
+def zip_result(
+    found: Sequence[SeriesSummary], writer: Writer, entries: Sequence[Entry], issues: Sequence[MemberIssue]
+) -> ProcessResult:
+    """The archive's result once every member is written: the series as stamped, or ERRL3002
+    when series were found but none of their instances could be stamped."""
     series = stamped_series(found, writer.stamped)
     if not series:
         attempted = sum(1 for entry in entries if entry.instance is not None)
@@ -413,7 +421,7 @@ def process_zip(
         series,
         tuple(issues),
         sum(writer.stamped.values()),
-        len(infos),
+        len(entries),
         writer.fallbacks,
         system_files=sum(1 for entry in entries if entry.system),
     )

@@ -28,8 +28,8 @@ from service.processors.archive import (
     checked_uids,
     no_instance_error,
     scan_member,
-    stamped_series,
     write_member,
+    zip_result,
 )
 from service.processors.base import (
     MemberIssue,
@@ -129,18 +129,7 @@ def _stream(
         zout.comment = zin.comment
     if not found:
         raise no_instance_error(entries)
-    series = stamped_series(found, writer.stamped)
-    if not series:
-        attempted = sum(1 for entry in entries if entry.instance is not None)
-        raise fail("ERRL3002", f"none of the {attempted} DICOM member(s) could be stamped")
-    return ProcessResult(
-        series,
-        tuple(issues),
-        sum(writer.stamped.values()),
-        len(infos),
-        writer.fallbacks,
-        system_files=sum(1 for entry in entries if entry.system),
-    )
+    return zip_result(found, writer, entries, issues)
 
 
 def _commit(zout: zipfile.ZipFile, on_written: Callable[[int], None]) -> None:
