@@ -16,7 +16,6 @@ ETag), and the completion is write-once (If-None-Match).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ import structlog
 
 from service import crc32
 from service.errors import PermanentError, Stage
+from service.processors.positioned import PositionedReader
 from service.retry import aws_retry
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class HeadOnlyRefused(Exception):  # noqa: N818 - a decision, not a fault
     """Reading this object's structure needs more of it than the head-only path fetches."""
 
 
-class RangedObject:
+class RangedObject(PositionedReader):
     """File-like random access to one pinned object version: the first part is held, other bytes
     are fetched in blocks when read, at most ``max_fetches`` times (then ``HeadOnlyRefused``)."""
 
@@ -56,28 +56,16 @@ class RangedObject:
         *,
         max_fetches: int,
     ) -> None:
+        super().__init__(size)
         self._fetch = fetch  # (start, end inclusive) -> exactly those bytes
         self.pinned = dict(pinned)  # Bucket, Key and VersionId or IfMatch of the version read
-        self.size = size
         self.first = first
         self._blocks: dict[int, bytes] = {}
         self._fetches_left = max_fetches
-        self._position = 0
         self.fetched = len(first)  # bytes taken from S3 so far
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self.size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, count: int = -1) -> bytes:
-        end = self.size if count < 0 else min(self.size, self._position + count)
-        data = self._read(self._position, end, budgeted=True)
-        self._position += len(data)
-        return data
+    def _read_range(self, start: int, end: int) -> bytes:
+        return self._read(start, end, budgeted=True)
 
     def range_bytes(self, start: int, end: int) -> bytes:
         """Bytes ``start``..``end`` (exclusive), fetched in one GET where not held: not budgeted."""

@@ -15,12 +15,13 @@ take the ordinary path (decompress, verify the CRC, recompress with the same met
 from __future__ import annotations
 
 import errno
-import io
 import os
 import struct
 import zipfile
 import zlib
 from typing import BinaryIO
+
+from service.processors.positioned import PositionedReader
 
 _LOCAL_HEADER = struct.Struct("<4s5HL2L2H")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -112,44 +113,17 @@ def is_raw_member(info: zipfile.ZipInfo) -> bool:
     )
 
 
-class MemberSlice(io.RawIOBase, BinaryIO):
+class MemberSlice(PositionedReader):
     """A read-only, seekable view of one stored member's bytes inside the archive."""
 
     def __init__(self, archive: BinaryIO, start: int, size: int) -> None:
-        super().__init__()
+        super().__init__(size)
         self._archive = archive
         self._start = start
-        self._size = size
-        self._position = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def read(self, size: int = -1) -> bytes:
-        left = max(0, self._size - self._position)
-        count = left if size is None or size < 0 else min(size, left)
-        if count == 0:
-            return b""
-        self._archive.seek(self._start + self._position)
-        data = self._archive.read(count)
-        self._position += len(data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def _read_range(self, start: int, end: int) -> bytes:
+        self._archive.seek(self._start + start)
+        return self._archive.read(end - start)
 
 
 def write_stored_member(
