@@ -5,6 +5,8 @@
     .venv/bin/python -m bench --large    # large uploads through a 5 MB/s-per-connection cap, and the
                                          # worker's CPU per 0.5 MB file with a py-spy profile (~10 min)
     .venv/bin/python -m bench --large --quick --cap-mbps 50   # its smoke run (under a minute)
+    .venv/bin/python -m bench --stamp    # one 600 MB file through `python -m service stamp` against
+                                         # `cp`, on tmpfs (~1 minute; --quick: 60 MB, one round)
 
 ``--large`` runs the whole worker on the embedded stack behind a rate-capped TCP proxy for a stored
 zip of 0.5 MB instances and one multi-frame file (``--zip-mb``, ``--file-mb``, default 200 each) and
@@ -26,11 +28,16 @@ from pathlib import Path
 
 from bench.data import FULL, QUICK, BenchInput, Sizes, generate, planned_bytes
 from bench.large import LargeSizes, measure_large
+from bench.largereport import BEGIN as LARGE_BEGIN
+from bench.largereport import END as LARGE_END
 from bench.largereport import existing_section, render_large, splice_section
 from bench.methods import MAIN_DIR
 from bench.micro import Measurement, Startup, measure, measure_startup, naive_fits, profile_engine
 from bench.pipeline import PipelineResults, measure_pipeline
 from bench.report import code_state, render
+from bench.stampcli import BEGIN as STAMP_BEGIN
+from bench.stampcli import END as STAMP_END
+from bench.stampcli import measure_stamp, render_stamp
 
 DISK_MARGIN = 500_000_000
 
@@ -52,7 +59,26 @@ def _parser() -> argparse.ArgumentParser:
     large.add_argument("--zip-mb", type=float, help="size of the zip of 0.5 MB instances (200; quick 8)")
     large.add_argument("--file-mb", type=float, help="size of the single multi-frame file (200; quick 8)")
     large.add_argument("--small-files", type=int, help="0.5 MB files for the CPU per file (200; quick 20)")
+    stamp = parser.add_argument_group("--stamp: one large file through `python -m service stamp`")
+    stamp.add_argument("--stamp", action="store_true", help="run the stamp-against-cp bench")
+    stamp.add_argument("--stamp-mb", type=float, help="size of the single file (600; quick 60)")
     return parser
+
+
+def _stamp(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    code_before = code_state()
+    rounds = args.rounds or (1 if args.quick else 9)  # tmpfs page allocation is noisy here
+    results = measure_stamp(args.stamp_mb or (60 if args.quick else 600), rounds, _progress)
+    command = " ".join([".venv/bin/python -m bench", *sys.argv[1:]])
+    section = render_stamp(results, command, code_before, time.perf_counter() - started)
+    print(section)
+    results_path = args.results or (None if args.quick else MAIN_DIR / "bench" / "RESULTS.md")
+    if results_path:
+        old = results_path.read_text() if results_path.exists() else ""
+        results_path.write_text(splice_section(old, section, STAMP_BEGIN, STAMP_END))
+        _progress(f"written to {results_path}")
+    return 0
 
 
 def _large(args: argparse.Namespace) -> int:
@@ -113,6 +139,8 @@ def main() -> int:
     args = _parser().parse_args()
     if args.large:
         return _large(args)
+    if args.stamp:
+        return _stamp(args)
     started = time.perf_counter()
     code_before = code_state()
     sizes = QUICK if args.quick else FULL
@@ -153,8 +181,11 @@ def main() -> int:
         )
         print(text)
         if results:
-            kept = existing_section(results.read_text()) if results.exists() else None
-            results.write_text(splice_section(text, kept) if kept else text)
+            old = results.read_text() if results.exists() else ""
+            for begin, end in ((LARGE_BEGIN, LARGE_END), (STAMP_BEGIN, STAMP_END)):
+                kept = existing_section(old, begin, end)  # the other modes' sections stay
+                text = splice_section(text, kept, begin, end) if kept else text
+            results.write_text(text)
             _progress(f"written to {results}")
         return 0
     finally:

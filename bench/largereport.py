@@ -205,17 +205,19 @@ def render_large(results: LargeResults, command: str, code_before: str, wall_s: 
     return "\n\n".join(parts) + "\n"
 
 
-def splice_section(existing: str, section: str) -> str:
-    """``existing`` with its ``--large`` section replaced by ``section`` (appended when absent)."""
-    if BEGIN in existing and END in existing:
-        head, _, rest = existing.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+def splice_section(existing: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """``existing`` with its section between ``begin`` and ``end`` (``--large`` by default)
+    replaced by ``section`` (appended when absent)."""
+    if begin in existing and end in existing:
+        head, _, rest = existing.partition(begin)
+        _, _, tail = rest.partition(end)
         return head + section.rstrip("\n") + tail
     return existing.rstrip("\n") + "\n\n" + section
 
 
-def existing_section(text: str) -> str | None:
-    """The ``--large`` section of ``text``, markers included, or None."""
-    if BEGIN not in text or END not in text:
+def existing_section(text: str, begin: str = BEGIN, end: str = END) -> str | None:
+    """The section of ``text`` between ``begin`` and ``end`` (``--large`` by default), markers
+    included, or None."""
+    if begin not in text or end not in text:
         return None
-    return BEGIN + text.partition(BEGIN)[2].partition(END)[0] + END + "\n"
+    return begin + text.partition(begin)[2].partition(end)[0] + end + "\n"

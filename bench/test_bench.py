@@ -20,6 +20,8 @@ from bench.micro import Measurement, measure, methods_for
 from bench.profile import read_raw_profile
 from bench.proxy import RateCappedProxy
 from bench.report import main_table, table, targets
+from bench.stampcli import BEGIN as STAMP_BEGIN
+from bench.stampcli import END as STAMP_END
 
 TINY = Sizes(
     series_instances=3,
@@ -146,3 +148,30 @@ def test_the_large_section_is_replaced_in_place_and_carried_over_by_a_full_run()
     carried = existing_section(old)
     assert carried is not None and "old large" in carried
     assert splice_section("# Results\n\nfresh stamping\n", carried).endswith(f"{BEGIN}\nold large\n{END}\n")
+
+
+def test_stamp_quick_times_every_method_and_judges_the_goal(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Results\n\n{BEGIN}\nlarge kept\n{END}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--stamp", "--quick", "--stamp-mb", "8", "--results", str(results)],
+        cwd=MAIN_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")]
+    expected = (
+        "cp",
+        "stamp --no-checksums",
+        "stamp (with the SHA-256 pair)",
+        "kernel copy: append_range, shift 12",
+    )
+    for method in expected:
+        assert method in rows
+    assert "the engine (`stamp --no-checksums`)" in proc.stdout
+    written = results.read_text()
+    assert "large kept" in written and STAMP_BEGIN in written and STAMP_END in written
+    assert not list(Path("/dev/shm").glob("edc-bench-stamp-*"))  # its data is removed

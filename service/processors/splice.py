@@ -8,7 +8,6 @@ pixel data of any size and any compression passes through untouched and memory s
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from service.processors.layout import UNDEFINED_LENGTH, Element, Layout
+from service.processors.rangecopy import append_range
 from service.processors.reading import fail
 
 COPY_CHUNK = 1024 * 1024  # bounded copy buffer: memory stays flat whatever the file size
@@ -216,30 +216,8 @@ def check_placed(found: bytes, following: bytes, plan: SplicePlan, element: byte
 
 
 def copy_tail(source: BinaryIO, target: BinaryIO, offset: int, count: int) -> None:
-    """Copy ``count`` bytes of ``source`` from ``offset`` to the end of ``target``.
-
-    Inside the kernel (``sendfile``) where the platform allows, so the pixel data never passes
-    through Python; in bounded chunks otherwise. ``target`` must have no buffered data.
-    """
-    start_size = os.fstat(target.fileno()).st_size
-    try:
-        _send(source, target, offset, count)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
-        done = os.fstat(target.fileno()).st_size - start_size  # the kernel may refuse part-way
-        target.seek(0, os.SEEK_END)
-        source.seek(offset + done)
-        _copy_range(source, target, count - done)
+    """Copy ``count`` bytes of ``source`` from ``offset`` to the end of ``target``, inside the
+    kernel where that is fast (``rangecopy``), so the pixel data never passes through Python.
+    ``target`` must have no buffered data."""
+    append_range(source.fileno(), target.fileno(), offset, count)
     target.seek(0, os.SEEK_END)
-
-
-def _send(source: BinaryIO, target: BinaryIO, offset: int, count: int) -> None:
-    """``sendfile`` until ``count`` bytes are copied."""
-    out_fd, in_fd = target.fileno(), source.fileno()
-    while count > 0:
-        sent = os.sendfile(out_fd, in_fd, offset, min(count, 1 << 30))
-        if sent == 0:
-            raise OSError("source file shrank while it was being copied")
-        offset += sent
-        count -= sent

@@ -3,7 +3,7 @@
 A stored (uncompressed) member is a plain byte range of the archive. Its DICOM header is read and
 walked in place (``MemberSlice``), and the output member is written as: a local header, the new
 head (the bytes before the splice point, plus the tracking element), then the original tail copied
-from archive to archive inside the kernel (``sendfile``). Its CRC-32 is not recomputed over the
+from archive to archive inside the kernel (``rangecopy``). Its CRC-32 is not recomputed over the
 data: CRC-32 is linear, so the new CRC follows from the stored one and the two (small) heads.
 
 The trade-off, decided here: the stored CRC of the input member is trusted, not re-verified. A
@@ -14,7 +14,6 @@ take the ordinary path (decompress, verify the CRC, recompress with the same met
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 import zipfile
@@ -22,11 +21,11 @@ import zlib
 from typing import BinaryIO
 
 from service.processors.positioned import PositionedReader
+from service.processors.rangecopy import append_range
 
 _LOCAL_HEADER = struct.Struct("<4s5HL2L2H")
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _POLY = 0xEDB88320  # CRC-32 (zip, zlib), reflected
-_CHUNK = 1024 * 1024
 
 
 def _multmodp(a: int, b: int) -> int:
@@ -153,25 +152,10 @@ def write_stored_member(
     fp.write(head)
     fp.flush()
     end = fp.tell() + tail_length
-    _send_all(archive.fileno(), fp.fileno(), tail_offset, tail_length)
+    append_range(archive.fileno(), fp.fileno(), tail_offset, tail_length)
     fp.seek(end)  # resynchronise the buffered writer with the descriptor
     zout.start_dir = end
     zout.filelist.append(info)
     zout.NameToInfo[info.filename] = info
     # So close() writes the central directory, as zipfile's own write() arranges.
     zout._didModify = True  # type: ignore[attr-defined]  # private flag; the tests cover it
-
-
-def _send_all(in_fd: int, out_fd: int, offset: int, count: int) -> None:
-    os.lseek(out_fd, 0, os.SEEK_END)
-    while count > 0:
-        try:
-            sent = os.sendfile(out_fd, in_fd, offset, min(count, 1 << 30))
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            sent = os.write(out_fd, os.pread(in_fd, min(count, _CHUNK), offset))
-        if sent == 0:
-            raise OSError("archive shrank while a member was being copied")
-        offset += sent
-        count -= sent
