@@ -23,6 +23,7 @@ from typing import Protocol
 
 import structlog
 
+from service.acks import AckBuffer
 from service.breaker import CircuitBreaker, Dependency
 from service.events import MalformedMessageError, ObjectCreated, parse_message
 from service.logs import describe_exception
@@ -169,6 +170,7 @@ class Worker:
         self._protection = protection
         self._liveness = liveness
         self._paused_logged = False
+        self._acks = AckBuffer(queue.delete)
         self.stats = WorkerStats()
 
     def stop(self) -> None:
@@ -193,6 +195,7 @@ class Worker:
                 self._dispatch(messages)
                 self._protect()
                 self._settle(self._finished(block=not messages))
+                self._send_acks(force=self._idle())
         finally:
             self._drain()
             self._heartbeat_stop.set()
@@ -382,9 +385,8 @@ class Worker:
             elif result.leave:
                 log.info("worker.message_left_to_lease_holder", message_id=result.message.message_id)
                 self.stats.left += 1
+        self._acks.add(acks)  # deleted in batches by the loop (service/acks.py)
         try:
-            if acks:
-                self._queue.delete(acks)
             if retries:
                 self._queue.change_visibility(retries)
         except Exception as exc:  # noqa: BLE001 - the messages simply come back; processing is idempotent
@@ -393,6 +395,16 @@ class Worker:
         self.stats.retried += len(retries)
         self.stats.malformed += sum(r.malformed for r in results)
         self.stats.objects += sum(r.objects for r in results)
+
+    def _idle(self) -> bool:
+        with self._in_flight.lock:
+            return not self._in_flight.futures
+
+    def _send_acks(self, *, force: bool) -> None:
+        try:
+            self._acks.flush(force=force)
+        except Exception as exc:  # noqa: BLE001 - the messages simply come back; processing is idempotent
+            log.error("worker.settle_failed", **describe_exception(exc))
 
     # -- heartbeat and shutdown -------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -450,8 +462,10 @@ class Worker:
             _, not_done = wait(pending, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             self._beat()  # draining is progress
             self._settle(self._collect_done())
+            self._send_acks(force=False)
             pending = list(not_done)
         self._settle(self._collect_done())
+        self._send_acks(force=True)
         self._heartbeat_stop.set()  # no renewal may follow the release below
         with self._in_flight.lock:
             unfinished = list(self._in_flight.futures.values())

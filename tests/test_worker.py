@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from service.events import ObjectCreated
 from service.local.stack import aws_client
 from service.pipeline import Delivery, Outcome
-from service.sqs import Queue
+from service.sqs import Message, Queue
 from service.worker import ExponentialBackoff, Worker
 from tests.stackfixtures import TestStack
 
@@ -126,3 +126,39 @@ def test_retry_outcome_shows_the_message_again_after_the_delay(stack: TestStack)
     with running(worker):
         stack.wait_for(lambda: len(handler.calls) >= 2, timeout=15, what="second delivery")
     assert [count for _, count in handler.calls[:2]] == [1, 2]
+
+
+class CountingQueue(Queue):
+    """A real queue that counts its delete calls."""
+
+    deletes: list[int]
+
+    def delete(self, messages: Sequence[Message]) -> list[Message]:
+        self.deletes.append(len(messages))
+        return super().delete(messages)
+
+
+def test_messages_finishing_one_by_one_are_deleted_in_batches(stack: TestStack) -> None:
+    handler = ScriptedHandler()
+    queue = CountingQueue(aws_client("sqs", stack.endpoint), stack.env["PIPELINE_QUEUE_URL"])
+    queue.deletes = []
+    slow = ScriptedHandler(hold_s=4)
+
+    class Mixed:
+        def report_malformed(self, message_id: str, reason: str) -> None: ...
+
+        def handle(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
+            return (slow if source.key == "slow" else handler).handle(source, delivery)
+
+    worker = Worker(queue, Mixed(), concurrency=2, visibility_timeout_s=30, shutdown_grace_s=5, poll_wait_s=1)
+    stack.send(event("slow"))
+    with running(worker):
+        assert slow.started.wait(15)
+        for n in range(6):  # each finishes on its own while "slow" keeps the worker busy
+            stack.send(event(f"quick{n}"))
+            time.sleep(0.15)
+        stack.wait_for(lambda: len(handler.calls) == 6, what="quick messages handled")
+        stack.wait_for(lambda: stack.queue_depth() == 0, timeout=20, what="all deleted")
+    # Every message deleted (the queue is empty), in fewer calls than messages: while "slow" kept
+    # the worker busy, the quick ones finished one by one and shared a call.
+    assert sum(queue.deletes) >= 7 and len(queue.deletes) < sum(queue.deletes) and max(queue.deletes) > 1
