@@ -186,6 +186,7 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
             else None
         ),
         liveness=HeartbeatFile(settings.heartbeat_file),
+        flush_outbox=notifier.flush,
     )
     return WorkerApp(worker, (pipeline_db, edc_db))
 

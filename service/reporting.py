@@ -87,7 +87,7 @@ class Reporter:
             f"source: s3://{job.source.bucket}/{job.source.key}\nstatus: {job.status}\n"
             f"quarantine: {job.destination}\n"
         )
-        self._publish(subject, body, job)
+        self._notifier.publish_later(subject, body, job.job_id)  # sent in batches (service/notify.py)
 
     def error_log_key(self, job: JobReport) -> str:
         """``{ERROR_LOG_PREFIX}{pipeline_code}/{quarantine-style name}_error_log.txt``."""

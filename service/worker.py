@@ -149,6 +149,7 @@ class Worker:
         max_parked: int | None = None,
         protection: Protection | None = None,
         liveness: Liveness | None = None,
+        flush_outbox: Callable[[], object] | None = None,
     ) -> None:
         self._queue = queue
         self._handler = handler
@@ -170,7 +171,9 @@ class Worker:
         self._protection = protection
         self._liveness = liveness
         self._paused_logged = False
-        self._acks = AckBuffer(queue.delete)
+        # What finished jobs queued to send (completion notifications) goes before their deletes.
+        self._flush_outbox = flush_outbox
+        self._acks = AckBuffer(queue.delete, before_delete=flush_outbox)
         self.stats = WorkerStats()
 
     def stop(self) -> None:
@@ -402,7 +405,9 @@ class Worker:
 
     def _send_acks(self, *, force: bool) -> None:
         try:
-            self._acks.flush(force=force)
+            sent = self._acks.flush(force=force)
+            if force and not sent and self._flush_outbox is not None:
+                self._flush_outbox()
         except Exception as exc:  # noqa: BLE001 - the messages simply come back; processing is idempotent
             log.error("worker.settle_failed", **describe_exception(exc))
 

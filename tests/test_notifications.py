@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
 
 from service.errors import ERROR_CODES, ErrorEntry, meaning_of
 from service.events import ObjectCreated
+from service.notify import Notifier
 from service.reporting import (
     NOTIFICATION_LIMIT_BYTES,
     JobReport,
@@ -16,6 +18,7 @@ from service.reporting import (
     notification_subject,
     render_error_log,
 )
+from tests.stackfixtures import TestStack
 
 T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
 SOURCE = ObjectCreated("uploads", "subjecteventcrffile/1/101/CT Scan/v1.dcm", None, "e", 10, T0)
@@ -113,3 +116,33 @@ def test_a_failed_jobs_notification_names_job_code_meaning_stage_and_the_command
     assert "pipeline_file_id: 42" in body and "pipeline: IMAGING" in body
     assert "  see the job: python -m service jobs show 42\n" in body
     assert "  after fixing the cause: python -m service reprocess --file-id 42\n" in body
+
+
+def test_queued_completions_go_ten_per_call_and_each_reaches_the_admins(stack: TestStack) -> None:
+    sns = stack.client("sns")
+    calls: list[int] = []
+    sns.meta.events.register(
+        "before-parameter-build.sns.PublishBatch",
+        lambda params, **_: calls.append(len(params["PublishBatchRequestEntries"])),
+    )
+    notifier = Notifier(sns, stack.env["ADMIN_TOPIC_ARN"])
+    for job_id in range(1, 13):
+        notifier.publish_later(
+            f"EDC image pipeline: job {job_id} completed", f"pipeline_file_id: {job_id}\n", job_id
+        )
+    assert stack.notifications() == []  # nothing is sent before the flush
+    notifier.flush()
+    assert calls == [10, 2]
+    subjects = sorted(n["subject"] for n in stack.notifications())
+    assert subjects == sorted(f"EDC image pipeline: job {n} completed" for n in range(1, 13))
+    notifier.flush()
+    assert calls == [10, 2]  # nothing left to send
+
+
+def test_queued_completions_sns_refuses_are_logged_by_job_and_never_raise(stack: TestStack) -> None:
+    missing = stack.env["ADMIN_TOPIC_ARN"] + "-deleted"
+    notifier = Notifier(stack.client("sns"), missing)
+    notifier.publish_later("EDC image pipeline: job 7 completed", "pipeline_file_id: 7\n", 7)
+    notifier.flush()
+    (line,) = [json.loads(x) for x in stack.log.getvalue().splitlines() if "notification_failed" in x]
+    assert (line["error_code"], line["pipeline_file_id"]) == ("ERRL4006", 7)
