@@ -148,7 +148,7 @@ _CODES = (
         status="not processed; recorded on the first delivery (error row, error log under"
         " `unassigned/`, notification); the message returns with backoff and reaches the DLQ after"
         " maxReceiveCount deliveries, where an operator can read it. A reprocess message naming no"
-        " job of its object version is recorded and acknowledged",
+        " job that exists is recorded and acknowledged",
     ),
     ErrorCode(
         "ERRS1002",
@@ -157,7 +157,14 @@ _CODES = (
         status="Failed (single file, or a zip none of whose DICOM members can be read); a zip member"
         " is carried over and recorded (Completed + has_error)",
     ),
-    ErrorCode("ERRS1003", "The tracking answer does not match the input (pipeline_file_id)", _R, design=True),
+    ErrorCode(
+        "ERRS1003",
+        "The tracking answer does not match the input (pipeline_file_id)",
+        _R,
+        design=True,
+        status="retried; Failed with ERRL8003 when deliveries run out. A reprocess message naming"
+        " another object version's job is recorded and acknowledged (no job)",
+    ),
     ErrorCode("ERRS1004", "Failed to call the tracking API: the pipeline database is unavailable", _R, True),
     ErrorCode("ERRS1005", "The tracking API returned a failed response (a statement was refused)", _R, True),
     ErrorCode("ERRS1006", "The ATRIUID is an empty string in the tracking response", _R, design=True),
