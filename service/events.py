@@ -9,6 +9,7 @@ the job to run. Anything else raises ``MalformedMessageError``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -132,7 +133,7 @@ def _parse_s3_records(records: Any) -> ParsedMessage:
                     key=_decode_key(obj["key"]),
                     version_id=_optional_text(obj.get("versionId"), "versionId"),
                     etag=_clean_etag(obj.get("eTag")),
-                    size=_optional_int(obj.get("size")),
+                    size=_size(obj.get("size"), "S3 record"),
                     event_time=_parse_time(record.get("eventTime")),
                 )
             )
@@ -155,7 +156,7 @@ def _parse_eventbridge(document: dict[str, Any]) -> ParsedMessage:
             key=_decode_key(obj["key"]),
             version_id=_real_version(_optional_text(obj.get("version-id"), "version-id")),
             etag=_clean_etag(obj.get("etag", obj.get("eTag"))),  # moto spells it eTag
-            size=_optional_int(obj.get("size")),
+            size=_size(obj.get("size"), "EventBridge event"),
             event_time=_parse_time(document.get("time")),
         )
     except (KeyError, TypeError):
@@ -172,9 +173,7 @@ def _parse_reprocess(document: dict[str, Any]) -> ObjectCreated:
     job_id = document.get("pipeline_file_id")
     if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id <= 0:
         raise MalformedMessageError("reprocess message lacks a pipeline_file_id")
-    size = document.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise MalformedMessageError("reprocess message has a malformed size")
+    size = _size(document.get("size"), "reprocess message")
     version_id = _optional_text(document.get("version_id"), "version_id")
     etag = _optional_text(document.get("etag"), "etag")
     return ObjectCreated(
@@ -217,13 +216,19 @@ def _clean_etag(raw: Any) -> str | None:
     return text.strip('"') or None if text else None
 
 
-def _optional_int(raw: Any) -> int | None:
-    """A size, when it is one: non-negative and finite (``1e400`` parses as infinity)."""
-    try:
-        value = int(raw) if raw is not None and not isinstance(raw, bool) else None
-    except (TypeError, ValueError, OverflowError):
+def _size(raw: Any, what: str) -> int | None:
+    """An object size: absent, or a finite non-negative integer (``7.0`` counts as 7).
+
+    Anything else (``1e400`` parses as infinity, NaN, a negative number, a fraction, a bool, a
+    string) is a malformed message: S3 never writes one, so the body is not what it claims to be.
+    """
+    if raw is None:
         return None
-    return value if value is None or value >= 0 else None
+    if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        raise MalformedMessageError(f"{what} has a size that is not a non-negative integer")
+    return raw
 
 
 def _parse_time(raw: Any) -> datetime:

@@ -575,11 +575,17 @@ class ObjectHandler:
         return Outcome.done("key layout")
 
     def _reject_unknown_execution(self, source: ObjectCreated, delivery: Delivery) -> Outcome:
-        """A reprocess message naming a job that does not exist or is another file's: ERRS1001,
-        recorded and acknowledged (running it again would not make it match)."""
+        """A reprocess message naming a job that is another object version's (ERRS1003, the design's
+        "does not match the input's") or no job at all (ERRS1001), recorded and acknowledged:
+        running it again would not make it match."""
         now = self._clock()
-        reason = f"reprocess message names job {source.job_id}, which is not a job of this object version"
-        entry = ErrorEntry("ERRS1001", reason, Stage.EVENT)
+        assert source.job_id is not None
+        if self._tracking.stored_job(source.job_id) is not None:
+            reason = f"reprocess message names job {source.job_id}, which is another object version's"
+            entry = ErrorEntry("ERRS1003", reason, Stage.EVENT)
+        else:
+            reason = f"reprocess message names job {source.job_id}, which does not exist"
+            entry = ErrorEntry("ERRS1001", reason, Stage.EVENT)
         label = f"(SQS message {delivery.message_id}) {source.key}"
         self._tracking.record_error(None, label, entry.code, entry.message, entry.stage, now)
         log.warning("job.unknown_execution", error_code=entry.code, requested_job_id=source.job_id)

@@ -123,10 +123,24 @@ def test_quarantine_name_strips_white_space_from_every_field() -> None:
 
 def test_every_error_code_is_documented_in_the_readme() -> None:
     text = README.read_text()
-    missing = [code for code in ERROR_CODES if code not in text]
-    assert not missing
     documented = set(re.findall(r"\bERR[LS]\d{4}\b", text))
     assert documented <= set(ERROR_CODES)
+
+
+def test_the_readme_error_table_says_what_service_errors_says() -> None:
+    # Each row: code | meaning | retried | outcome (what becomes of the job and its message) | design.
+    rows = [
+        [cell.strip() for cell in line.strip("|").split(" | ")]
+        for line in README.read_text().splitlines()
+        if re.match(r"^\| ERR[LS]\d{4} \|", line)
+    ]
+    assert [row[0] for row in rows] == list(ERROR_CODES)  # every code once, in the module's order
+    for code, meaning, retried, outcome, design in rows:
+        entry = ERROR_CODES[code]
+        assert meaning == entry.meaning, code
+        assert retried == ("yes" if entry.retryable else "no"), code
+        assert outcome == entry.job_status, code
+        assert design == ("yes" if entry.design else "new"), code
 
 
 def test_backoff_is_a_pure_doubling_function_of_the_receive_count() -> None:

@@ -14,21 +14,33 @@ from service.errors import ERROR_CODES, Outcome, RetryableError
 from service.keys import SourceKey
 from service.local.stack import create_database
 from service.migrate import available_migrations, migrate
+from service.processors.directory import KNOWN_EXTENSIONS
 
 CONTRACT = Path(__file__).resolve().parents[2] / "shared" / "CONTRACT.md"
-# The design's dictionary as CONTRACT section 7 lists it; ERRL3001 is left blank there.
-DESIGN_CODES = {
-    "ERRL1001", "ERRL1002", "ERRL1003", "ERRL1004", "ERRL2001", "ERRL2002", "ERRL4001", "ERRL4002",
-    "ERRL4003", "ERRL8001", "ERRS1001", "ERRS1002", "ERRS1003", "ERRS1004", "ERRS1005", "ERRS1006",
-    "ERRS1007", "ERRS1008", "ERRS1009", "ERRS1010", "ERRS1011",
-}  # fmt: skip
+# CONTRACT section 7's table, vendored so the check runs on any checkout (../shared may be absent).
+VENDORED = Path(__file__).resolve().parent / "golden" / "contract_errors.md"
+_ROW = re.compile(r"^\| (ERR[LS]\d{4}) \| (.+) \|$", re.MULTILINE)
+
+
+def _table_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
 
 
 def test_every_situation_the_design_names_keeps_its_code() -> None:
-    assert {c.code for c in ERROR_CODES.values() if c.design} == DESIGN_CODES
-    if CONTRACT.exists():  # the shared contract sits beside the checkout on a developer's machine
-        listed = set(re.findall(r"^\| (ERR[LS]\d{4}) \|", CONTRACT.read_text(), re.MULTILINE))
-        assert DESIGN_CODES | {"ERRL3001"} == listed
+    situations = dict(_ROW.findall(VENDORED.read_text()))
+    assert len(situations) == 22  # the dictionary as CONTRACT section 7 lists it
+    blank = {code for code, situation in situations.items() if situation == "(left blank)"}
+    assert blank == {"ERRL3001"}  # unused here: a code the design leaves blank means nothing
+    assert {c.code for c in ERROR_CODES.values() if c.design} == set(situations) - blank
+    assert not blank & set(ERROR_CODES)
+
+
+def test_the_vendored_dictionary_is_the_live_contracts_section_7() -> None:
+    if not CONTRACT.exists():
+        pytest.skip("../shared/CONTRACT.md is not beside this checkout; the vendored copy stands")
+    text = CONTRACT.read_text()
+    section = text[text.index("\n## 7.") : text.index("\n## 8.")]
+    assert _table_lines(section) == _table_lines(VENDORED.read_text())
 
 
 def test_codes_are_numbered_by_stage_and_retrying_is_a_column_not_a_letter() -> None:
@@ -95,3 +107,65 @@ def test_edc_connection_and_query_failures_have_the_designs_codes(db: object, co
         lookup.lookup_crf_file(SourceKey(1, 101, "CT Scan", "v1", ".dcm"))
     assert raised.value.code == code
     assert ERROR_CODES[code].retryable
+
+
+# (member, message) as each release wrote them, and what jobs show must print after migration 6.
+OLD_MEMBER_ROWS = [
+    # until eb54e0e: any short suffix, also a birth date
+    (("#3.19650312", "member (extension '.19650312') is a nested archive; carried over unchanged"),
+     ("#3", "member #3 is a nested archive; carried over unchanged")),
+    ((None, "member (extension '.19650312') is encrypted"), (None, "member is encrypted")),
+    ((None, "member (no extension) is absolute or escapes the archive"),
+     (None, "member is absolute or escapes the archive")),
+    (("#2.dcm", "member (extension '.dcm') expands past the declared or allowed size"),
+     ("#2.dcm", "member #2.dcm expands past the declared or allowed size")),
+    # until 1372606: the member's name itself, as a Python repr in messages
+    (("DOE^JOHN/IM1", "file is not DICOM; carried over unchanged"),
+     ("#?", "file is not DICOM; carried over unchanged")),
+    ((None, "member 'DOE^JOHN/19650312/IM1' is encrypted"), (None, "member is encrypted")),
+    ((None, "member \"O'BRIEN^PAT/IM2\" is a nested archive"), (None, "member is a nested archive")),
+    # today's labels stay as they are
+    (("#4.txt", "member #4.txt has the name of member #1; both carried over"),
+     ("#4.txt", "member #4.txt has the name of member #1; both carried over")),
+    (("#5", "zip member is not DICOM"), ("#5", "zip member is not DICOM")),
+]  # fmt: skip
+
+
+def test_member_names_and_suffixes_on_existing_rows_are_relabelled(postgres_admin_url: str) -> None:
+    url = create_database(postgres_admin_url, "pipeline_t_member_labels")
+    db = Database(url, max_connections=1)
+    try:
+        with db.transaction() as cur:  # a database as the release before migration 6 left it
+            cur.execute(
+                "CREATE SCHEMA pipeline; CREATE TABLE pipeline.schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for migration in available_migrations():
+                if migration.version < 6:
+                    cur.execute(migration.sql)
+                    cur.execute(
+                        "INSERT INTO pipeline.schema_migrations VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+            for (member, message), _ in OLD_MEMBER_ROWS:
+                cur.execute(
+                    "INSERT INTO pipeline.edc_pipeline_error (error_code, message, stage, member, created_at)"
+                    " VALUES ('ERRS1013', %s, 'process', %s, now())",
+                    (message, member),
+                )
+        assert migrate(db) == [6]
+        with db.transaction() as cur:
+            cur.execute("SELECT member, message FROM pipeline.edc_pipeline_error ORDER BY id")
+            rows = [tuple(r) for r in cur.fetchall()]
+    finally:
+        db.close()
+    assert rows == [after for _, after in OLD_MEMBER_ROWS]
+    assert not any("1965" in (m or "") + t or "DOE" in t or "BRIEN" in t for m, t in rows)
+
+
+def test_the_relabelling_migration_keeps_only_known_extensions() -> None:
+    sql = next(m.sql for m in available_migrations() if m.version == 6)
+    kept = re.search(r"NOT IN \(([^)]*)\)", sql)
+    assert kept is not None
+    assert set(re.findall(r"'([^']+)'", kept[1])) <= KNOWN_EXTENSIONS

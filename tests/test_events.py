@@ -115,3 +115,31 @@ def test_s3_test_event_is_ignored() -> None:
 def test_malformed_bodies_raise(body: str) -> None:
     with pytest.raises(MalformedMessageError):
         parse_message(body)
+
+
+@pytest.mark.parametrize("size", ["1e400", "-1e400", "NaN", "-1", "7.5", "true", '"7"', "[7]"])
+def test_a_size_that_is_not_a_finite_non_negative_integer_is_malformed(size: str) -> None:
+    for body in (_s3_body_with_size(size), _eventbridge_body_with_size(size)):
+        with pytest.raises(MalformedMessageError, match="size"):
+            parse_message(body)
+
+
+@pytest.mark.parametrize(("size", "parsed"), [("7", 7), ("7.0", 7), ("0", 0), ("null", None)])
+def test_a_whole_size_is_read_and_a_missing_one_is_none(size: str, parsed: int | None) -> None:
+    for body in (_s3_body_with_size(size), _eventbridge_body_with_size(size)):
+        (created,) = parse_message(body).objects
+        assert created.size == parsed
+
+
+def _s3_body_with_size(size: str) -> str:
+    obj = {"key": "k", "eTag": "e", "size": "SIZE"}
+    record = {"eventName": "ObjectCreated:Put", "eventTime": "2026-01-01T00:00:00Z",
+              "s3": {"bucket": {"name": "b"}, "object": obj}}  # fmt: skip
+    return json.dumps({"Records": [record]}).replace('"SIZE"', size)
+
+
+def _eventbridge_body_with_size(size: str) -> str:
+    obj = {"key": "k", "etag": "e", "size": "SIZE"}
+    event = {"source": "aws.s3", "detail-type": "Object Created", "time": "2026-01-01T00:00:00Z",
+             "detail": {"bucket": {"name": "b"}, "object": obj}}  # fmt: skip
+    return json.dumps(event).replace('"SIZE"', size)

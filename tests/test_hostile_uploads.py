@@ -108,19 +108,31 @@ def test_any_failure_to_parse_a_body_is_a_recorded_malformed_message(stack: Test
     assert '"worker.process_crashed"' not in stack.log.getvalue()
 
 
-def test_a_size_that_is_not_a_number_is_ignored_and_the_file_processed(stack: TestStack) -> None:
+BAD_SIZES = ["1e400", "NaN", "-1", "7.5", "true", '"7"']  # infinity, NaN, negative, fraction, bool, text
+
+
+def test_a_size_that_is_not_a_finite_non_negative_integer_is_a_malformed_message(stack: TestStack) -> None:
     stack.client("s3").put_bucket_notification_configuration(
         Bucket=stack.names.source_bucket, NotificationConfiguration={}
     )
-    stack.upload(CT_KEY, bundled_file("CT_small.dcm"))
+    stack.upload(CT_KEY, bundled_file("CT_small.dcm"))  # the object exists: only the size is wrong
     etag = stack.client("s3").head_object(Bucket=stack.names.source_bucket, Key=CT_KEY)["ETag"].strip('"')
     body = json.dumps(
         s3_event(stack.names.source_bucket, "subjecteventcrffile/1/101/CT+Scan/v1.dcm", etag, 7)
     )
     with stack.worker():
-        stack.send(body.replace('"size": 7', '"size": 1e400'))
-        (job,) = stack.wait_settled(1)
-    assert (job["status"], job["source_size"]) == ("Completed", None)
+        for size in BAD_SIZES:
+            stack.send(body.replace('"size": 7', f'"size": {size}'))
+        stack.wait_for(lambda: len(stack.errors()) >= len(BAD_SIZES), what="error rows", timeout=20)
+        stack.wait_for(
+            lambda: stack.log.getvalue().count('"worker.malformed_message"') >= len(BAD_SIZES),
+            what="malformed log lines",
+        )
+    errors = stack.errors()
+    assert [e["error_code"] for e in errors] == ["ERRS1001"] * len(BAD_SIZES)
+    assert all("size that is not a non-negative integer" in e["message"] for e in errors)
+    assert stack.jobs() == []  # nothing was downloaded or stamped
+    assert '"worker.process_crashed"' not in stack.log.getvalue()
 
 
 def test_null_edc_fields_never_become_none_in_names(stack: TestStack, tmp_path: Path) -> None:

@@ -295,7 +295,7 @@ def test_dry_run_changes_nothing(
     assert (stack.jobs(), stack.queue_depth()) == before
 
 
-def test_a_reprocess_message_for_an_unknown_or_mismatched_job_is_errs1001_and_acknowledged(
+def test_a_reprocess_message_for_a_mismatched_job_is_errs1003_an_unknown_one_errs1001_both_acknowledged(
     stack: TestStack,
 ) -> None:
     with stack.worker():
@@ -312,9 +312,17 @@ def test_a_reprocess_message_for_an_unknown_or_mismatched_job_is_errs1001_and_ac
         stack.wait_for(lambda: stack.queue_depth() == 0, what="both acknowledged")
     assert len(stack.jobs()) == 1 and len(stack.quarantine_keys()) == 1
     errors = stack.errors()
-    assert [(e["error_code"], e["edc_pipeline_file_id"]) for e in errors] == [("ERRS1001", None)] * 2
-    assert "job 999" in errors[0]["message"] and f"job {job['id']}" in errors[1]["message"]
+    # The design's code for "does not match the input's"; a job that is not there names nothing.
+    assert [(e["error_code"], e["edc_pipeline_file_id"]) for e in errors] == [
+        ("ERRS1001", None),
+        ("ERRS1003", None),
+    ]
+    assert errors[0]["message"] == "reprocess message names job 999, which does not exist"
+    assert errors[1]["message"] == (
+        f"reprocess message names job {job['id']}, which is another object version's"
+    )
     assert '"job.unknown_execution"' in stack.log.getvalue()
+    assert stack.jobs()[0]["status"] == "Completed"  # the named job is left as it was
 
 
 def test_a_failed_send_is_reported_and_the_same_command_sends_it_again(
