@@ -15,7 +15,7 @@ import pytest
 
 from service.cli import main
 from service.local.samples import bundled_file
-from service.redrive import Output, RedriveOptions, redrive
+from service.redrive import Output, RedriveError, RedriveOptions, redrive
 from service.sqs import Message, Queue, send_groups
 from tests.stackfixtures import TestStack, s3_event
 
@@ -389,14 +389,34 @@ def _task(status: str, moved: int, to_move: int | None = 7, **extra: Any) -> dic
     return task
 
 
+def _aws_error(code: str, status: int, operation: str, message: str = "") -> botocore.exceptions.ClientError:
+    error = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return botocore.exceptions.ClientError(error, operation)  # type: ignore[arg-type]
+
+
+def _internal_error(operation: str) -> botocore.exceptions.ClientError:
+    # AWS's transient fault: HTTP 500 with its code, as opposed to moto's bare 500 page.
+    return _aws_error("InternalError", 500, operation, "We encountered an internal error.")
+
+
 class FakeMoveTaskSqs:
     """The SQS calls of the native path: queue attributes, and scripted ListMessageMoveTasks answers
-    (the first describes the queue before the run; the last repeats)."""
+    (the first describes the queue before the run; the last repeats; an exception is raised).
+    ``start_errors`` are raised by the first StartMessageMoveTask calls. Any receive from the DLQ
+    (the manual path) is recorded."""
 
-    def __init__(self, *listings: list[dict[str, Any]], depth: int = 7) -> None:
+    def __init__(
+        self,
+        *listings: list[dict[str, Any]] | Exception,
+        depth: int = 7,
+        start_errors: tuple[Exception, ...] = (),
+    ) -> None:
         self.listings = list(listings)
         self.depth = depth
         self.started: list[tuple[str, str]] = []
+        self.start_errors = list(start_errors)
+        self.list_calls = 0
+        self.received: list[str] = []
 
     def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:  # noqa: N803
         if QueueUrl == DLQ_URL:
@@ -412,11 +432,21 @@ class FakeMoveTaskSqs:
 
     def list_message_move_tasks(self, SourceArn: str, MaxResults: int) -> dict[str, Any]:  # noqa: N803
         assert SourceArn == DLQ_ARN
-        return {"Results": self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]}
+        self.list_calls += 1
+        listing = self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
+        if isinstance(listing, Exception):
+            raise listing
+        return {"Results": listing}
 
     def start_message_move_task(self, SourceArn: str, DestinationArn: str) -> dict[str, str]:  # noqa: N803
         self.started.append((SourceArn, DestinationArn))
+        if self.start_errors:
+            raise self.start_errors.pop(0)
         return {"TaskHandle": "task-1"}
+
+    def receive_message(self, QueueUrl: str, **_: Any) -> dict[str, Any]:  # noqa: N803
+        self.received.append(QueueUrl)
+        return {"Messages": []}
 
 
 def _run_native(fake: FakeMoveTaskSqs) -> tuple[int, list[str], list[dict[str, Any]]]:
@@ -503,3 +533,108 @@ def test_native_path_with_an_empty_dlq_starts_nothing() -> None:
     code, report, records = _run_native(fake)
     assert (code, fake.started, records) == (0, [], [])
     assert report[-1].startswith("redrive: moved 0, failed 0")
+
+
+def test_a_transient_500_while_following_is_retried_and_the_run_completes_natively() -> None:
+    fake = FakeMoveTaskSqs(
+        [],
+        [_task("RUNNING", 2)],
+        _internal_error("ListMessageMoveTasks"),
+        _internal_error("ListMessageMoveTasks"),
+        [_task("COMPLETED", 7)],
+    )
+    code, report, (record,) = _run_native(fake)
+    assert code == 0
+    assert fake.received == [] and len(fake.started) == 1
+    assert fake.list_calls == 5  # the two failed polls were tried again
+    assert not any("manual" in line for line in report)
+    assert report[-1].startswith("redrive: moved 7, failed 0 (left in the DLQ), skipped 0, path native")
+    assert (record["status"], record["moved"], record["error"]) == ("COMPLETED", 7, None)
+
+
+def test_a_persistent_failure_while_following_ends_with_an_error_and_never_goes_manual() -> None:
+    fake = FakeMoveTaskSqs(
+        [], [_task("RUNNING", 0)], [_task("RUNNING", 3)], _internal_error("ListMessageMoveTasks")
+    )
+    report, audit = io.StringIO(), io.StringIO()
+    with pytest.raises(RedriveError) as error:
+        redrive(
+            fake,  # type: ignore[arg-type]
+            DLQ_URL,
+            SOURCE_URL,
+            RedriveOptions(poll_interval_s=0.5),
+            Output(audit=audit, report=report, listing=io.StringIO()),
+            sleep=lambda _s: None,
+        )
+    assert fake.received == []  # no manual receive beside a task that may still be moving
+    assert "manual" not in report.getvalue()
+    line = str(error.value)
+    assert error.value.exit_code == 1 and "\n" not in line
+    assert line.startswith("lost track of move task task-1 (last seen RUNNING, moved 3 of 7): ")
+    assert "ListMessageMoveTasks for" in line and "InternalError (HTTP 500)" in line
+    (record,) = [json.loads(x) for x in audit.getvalue().splitlines()]
+    assert (record["task_handle"], record["status"], record["moved"], record["to_move"]) == (
+        "task-1",
+        "RUNNING",
+        3,
+        7,
+    )
+    assert record["error"] == line.split(": ", 1)[1].split("; it may still be running")[0]
+
+
+def test_the_cli_reports_a_lost_task_in_one_line_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeMoveTaskSqs([], [_task("RUNNING", 1)], _internal_error("ListMessageMoveTasks"))
+    monkeypatch.setattr("service.app.aws_client", lambda *_a, **_k: fake)
+    monkeypatch.setattr("service.redrive.POLL_INTERVAL_S", 0.0)
+    env = {"PIPELINE_QUEUE_URL": SOURCE_URL, "PIPELINE_DLQ_URL": DLQ_URL}
+    assert main(["redrive", "--audit", "/dev/null"], env) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("redrive:")]
+    assert err == [err[0]] and err[0].startswith("redrive: lost track of move task task-1 (last seen RUNNING")
+    assert fake.received == []
+
+
+def test_a_transient_500_on_the_first_start_is_retried_not_taken_for_a_missing_api() -> None:
+    fake = FakeMoveTaskSqs(
+        [], [_task("COMPLETED", 7)], start_errors=(_internal_error("StartMessageMoveTask"),)
+    )
+    code, _report, (record,) = _run_native(fake)
+    assert code == 0 and len(fake.started) == 2 and fake.received == []
+    assert record["status"] == "COMPLETED"
+
+
+def test_a_start_that_keeps_failing_ends_with_an_error_not_the_manual_path() -> None:
+    fake = FakeMoveTaskSqs([], start_errors=tuple(_internal_error("StartMessageMoveTask") for _ in range(9)))
+    with pytest.raises(RedriveError) as error:
+        _run_native(fake)
+    assert str(error.value).startswith(
+        f"StartMessageMoveTask from {DLQ_URL} failed: InternalError (HTTP 500)"
+    )
+    assert len(fake.started) == 5 and fake.received == []  # aws_retry's attempts, then the error
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _aws_error(
+            "500", 500, "StartMessageMoveTask", "<!doctype html><title>500 Internal Server Error</title>"
+        ),
+        _aws_error("AWS.SimpleQueueService.UnsupportedOperation", 400, "StartMessageMoveTask"),
+        _aws_error("501", 501, "StartMessageMoveTask"),
+    ],
+    ids=["moto-bare-500", "unsupported-operation", "http-501"],
+)
+def test_only_the_first_start_can_say_the_api_is_missing(answer: botocore.exceptions.ClientError) -> None:
+    fake = FakeMoveTaskSqs(_aws_error("500", 500, "ListMessageMoveTasks"), start_errors=(answer,))
+    code, report, records = _run_native(fake)
+    assert (code, records) == (0, [])  # nothing to receive in this fake
+    assert len(fake.started) == 1 and fake.received == [DLQ_URL]  # the manual path, at once
+    assert any("native move task unavailable (StartMessageMoveTask answered HTTP" in line for line in report)
+    # The same answer on a retry (a first attempt failed transiently) is no proof: an error, no fallback.
+    fake = FakeMoveTaskSqs([], start_errors=(_internal_error("StartMessageMoveTask"), answer))
+    if answer.response["ResponseMetadata"]["HTTPStatusCode"] >= 500:
+        fake.start_errors.extend([answer] * 5)
+    with pytest.raises(RedriveError):
+        _run_native(fake)
+    assert fake.received == []
