@@ -10,8 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.exceptions
 import pytest
+from botocore.stub import ANY, Stubber
 
 from service.cli import main
 from service.local.samples import bundled_file
@@ -638,3 +640,127 @@ def test_only_the_first_start_can_say_the_api_is_missing(answer: botocore.except
     with pytest.raises(RedriveError):
         _run_native(fake)
     assert fake.received == []
+
+
+# -- the native path's requests and answers, checked against botocore's SQS model ------------------
+
+
+def _stubbed_sqs() -> tuple[Any, Stubber]:
+    client = boto3.client(
+        "sqs", region_name="eu-west-1", aws_access_key_id="stub", aws_secret_access_key="stub"
+    )
+    stubber = Stubber(client)
+    stubber.add_response(
+        "get_queue_attributes",
+        {
+            "Attributes": {
+                "QueueArn": DLQ_ARN,
+                "ApproximateNumberOfMessages": "7",
+                "ApproximateNumberOfMessagesNotVisible": "0",
+            }
+        },
+        {"QueueUrl": DLQ_URL, "AttributeNames": ANY},
+    )
+    policy = json.dumps({"deadLetterTargetArn": DLQ_ARN, "maxReceiveCount": 5})
+    stubber.add_response(
+        "get_queue_attributes",
+        {"Attributes": {"QueueArn": SOURCE_ARN, "RedrivePolicy": policy}},
+        {"QueueUrl": SOURCE_URL, "AttributeNames": ANY},
+    )
+    return client, stubber
+
+
+# Exactly what ListMessageMoveTasks is asked: the DLQ and the documented maximum of 10 results.
+LIST_REQUEST = {"SourceArn": DLQ_ARN, "MaxResults": 10}
+
+
+def _documented_task(status: str, moved: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "Status": status,
+        "SourceArn": DLQ_ARN,
+        "DestinationArn": SOURCE_ARN,
+        "ApproximateNumberOfMessagesMoved": moved,
+        "StartedTimestamp": 1_700_000_000_000,
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("ending", "exit_code", "summary"),
+    [
+        ([_documented_task("COMPLETED", 7)], 0, "moved 7, failed 0"),
+        (
+            [
+                _documented_task(
+                    "FAILED", 2, ApproximateNumberOfMessagesToMove=7, FailureReason="AccessDenied"
+                )
+            ],
+            1,
+            "moved 2, failed 5",
+        ),
+        (
+            [
+                _documented_task("CANCELLING", 3, TaskHandle="handle-1", ApproximateNumberOfMessagesToMove=7),
+                _documented_task("CANCELLED", 3, ApproximateNumberOfMessagesToMove=7),
+            ],
+            1,
+            "moved 3, failed 4",
+        ),
+    ],
+    ids=["completed", "failed", "cancelled"],
+)
+def test_the_native_path_sends_the_documented_requests_and_reads_the_documented_answers(
+    ending: list[dict[str, Any]], exit_code: int, summary: str
+) -> None:
+    client, stubber = _stubbed_sqs()
+    earlier = _documented_task("COMPLETED", 1, StartedTimestamp=1_600_000_000_000)
+    stubber.add_response("list_message_move_tasks", {"Results": [earlier]}, LIST_REQUEST)
+    # No MaxNumberOfMessagesPerSecond: SQS picks the rate. DestinationArn is the source queue.
+    stubber.add_response(
+        "start_message_move_task",
+        {"TaskHandle": "handle-1"},
+        {"SourceArn": DLQ_ARN, "DestinationArn": SOURCE_ARN},
+    )
+    running = _documented_task(
+        "RUNNING",
+        2,
+        TaskHandle="handle-1",
+        ApproximateNumberOfMessagesToMove=7,
+        MaxNumberOfMessagesPerSecond=500,
+    )
+    stubber.add_response("list_message_move_tasks", {"Results": [running, earlier]}, LIST_REQUEST)
+    # A transient fault while following: retried, not taken for a missing API.
+    stubber.add_client_error(
+        "list_message_move_tasks", "InternalError", "internal error", 500, expected_params=LIST_REQUEST
+    )
+    for task in ending:
+        stubber.add_response("list_message_move_tasks", {"Results": [task, earlier]}, LIST_REQUEST)
+    report, audit = io.StringIO(), io.StringIO()
+    with stubber:
+        result = redrive(
+            client,
+            DLQ_URL,
+            SOURCE_URL,
+            RedriveOptions(poll_interval_s=0.0),
+            Output(audit=audit, report=report, listing=io.StringIO()),
+            sleep=lambda _s: None,
+        )
+    stubber.assert_no_pending_responses()  # every request above was sent, in this order
+    assert result.exit_code == exit_code and result.path == "native"
+    assert result.line().startswith(f"redrive: {summary} (left in the DLQ), skipped 0, path native")
+    lines = report.getvalue().splitlines()
+    assert "redrive: started move task handle-1 for about 7 message(s)" in lines
+    assert "redrive: task RUNNING: moved 2 of 7" in lines
+    (record,) = [json.loads(x) for x in audit.getvalue().splitlines()]
+    final = ending[-1]
+    assert (record["task_handle"], record["status"], record["moved"], record["to_move"]) == (
+        "handle-1",
+        final["Status"],
+        final["ApproximateNumberOfMessagesMoved"],
+        7,
+    )
+    assert record["failure_reason"] == final.get("FailureReason")
+    if final["Status"] == "FAILED":
+        assert "redrive: move task handle-1 FAILED: AccessDenied" in lines
+    if final["Status"] == "CANCELLED":
+        assert "redrive: task CANCELLING: moved 3 of 7" in lines
