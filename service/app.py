@@ -140,6 +140,7 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
             settings.edc_database_url,
             aws_client(settings, "s3", pool=1, probe=True),
             settings.destination_bucket,
+            settings.source_bucket,
         )
     )
     notifier = Notifier(

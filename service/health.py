@@ -38,11 +38,12 @@ def database_probe(url: str) -> Probe:
     return probe
 
 
-def s3_probe(client: Any, bucket: str) -> Probe:
-    """True when S3 answers a HEAD of ``bucket`` (any answer but a transient fault: a 404 or 403
-    is S3 answering; that the bucket is wrong is not an outage)."""
+def s3_probe(client: Any, *buckets: str) -> Probe:
+    """True when S3 answers a HEAD of each of ``buckets`` (any answer but a transient fault: a 404
+    or 403 is S3 answering; that a bucket is wrong is not an outage). The worker reads the source
+    bucket and writes the destination, and either one not answering fails every job."""
 
-    def probe() -> bool:
+    def answers(bucket: str) -> bool:
         try:
             client.head_bucket(Bucket=bucket)
         except botocore.exceptions.ClientError as exc:
@@ -51,15 +52,25 @@ def s3_probe(client: Any, bucket: str) -> Probe:
             return False
         return True
 
+    def probe() -> bool:
+        # all() stops at the first bucket that fails: one probe waits out at most one timeout.
+        return all(answers(bucket) for bucket in buckets)
+
     return probe
 
 
 def worker_probes(
-    pipeline_database_url: str, edc_database_url: str, s3_client: Any, bucket: str
+    pipeline_database_url: str,
+    edc_database_url: str,
+    s3_client: Any,
+    destination_bucket: str,
+    source_bucket: str | None = None,
 ) -> dict[Dependency, Probe]:
-    """The probes of the three dependencies the worker pauses for."""
+    """The probes of the three dependencies the worker pauses for. S3's covers the source bucket
+    too when it is known (SOURCE_BUCKET); without it, events may name any bucket."""
+    buckets = [destination_bucket, *([source_bucket] if source_bucket else [])]
     return {
         Dependency.PIPELINE_DATABASE: database_probe(pipeline_database_url),
         Dependency.EDC_REPLICA: database_probe(edc_database_url),
-        Dependency.S3: s3_probe(s3_client, bucket),
+        Dependency.S3: s3_probe(s3_client, *dict.fromkeys(buckets)),
     }

@@ -2,14 +2,15 @@
 them again (a job that failed only because its deliveries ran out, ERRL8003, is claimable again).
 
 Two paths. **Native** (no ``--max``, no ``--dry-run``): SQS's own StartMessageMoveTask, followed
-with ListMessageMoveTasks until it ends. **Manual** (``--max``, or where that API is missing, as
-on moto): receive from the DLQ under a long visibility timeout, send copies to the source queue,
-and delete from the DLQ only what SQS confirmed sent; a message whose send failed stays in the DLQ
-and is made visible again at the end. A manual run is bounded: by ``--max``, by the DLQ's depth at
-the start, by an empty receive, and it never takes the same DLQ message id twice, so messages the
-worker sends back to the DLQ meanwhile cannot keep it going. A duplicate is harmless (the worker
-runs one job per object version); a lost message is not, so nothing is deleted before its copy
-is confirmed.
+with ListMessageMoveTasks until it ends; a call that fails is retried, and a task that cannot be
+followed ends the run with an error, never the manual path beside it. **Manual** (``--max``, or
+where the first StartMessageMoveTask answers that the API is missing, as on moto): receive from
+the DLQ under a long visibility timeout, send copies to the source queue, and delete from the DLQ
+only what SQS confirmed sent; a message whose send failed stays in the DLQ and is made visible
+again at the end. A manual run is bounded: by ``--max``, by the DLQ's depth at the start, by an
+empty receive, and it never takes the same DLQ message id twice, so messages the worker sends
+back to the DLQ meanwhile cannot keep it going. A duplicate is harmless (the worker runs one job
+per object version); a lost message is not, so nothing is deleted before its copy is confirmed.
 """
 
 from __future__ import annotations
@@ -216,11 +217,14 @@ def run_native(
 ) -> Summary:
     """Start a move task (or join the one already running) and follow it to its end.
 
-    Raises ``MoveTaskUnsupportedError`` where the endpoint lacks the API (before anything moved),
-    ``RedriveError`` when a call fails or the task cannot be found.
+    Raises ``MoveTaskUnsupportedError`` only when the first StartMessageMoveTask attempt says the
+    endpoint lacks the API (nothing started, nothing moved); ``RedriveError`` when a call fails
+    after its retries or the task cannot be found. Once a task is started or joined, every failure
+    is a ``RedriveError``: the manual path must not run beside a task that may still be moving.
     """
     with _aws_step(f"ListMessageMoveTasks for {pair.dlq_url}"):
-        before = tasks.recent()
+        # None: answered as if the API were missing; only StartMessageMoveTask may conclude that.
+        before = tasks.recent_before_start() or []
     running = next((t for t in before if t.status == "RUNNING" and t.handle), None)
     if running and running.handle:
         out.say(
@@ -237,27 +241,43 @@ def run_native(
         out.say(f"redrive: started move task {handle} for about {pair.depth} message(s)")
     # Tasks that ended before this one: once ours has ended too, it must not be taken for one of them.
     earlier = {t.started_at_ms for t in before if t.handle != handle and t.started_at_ms is not None}
-    task = _follow(tasks, handle, earlier, pair, out, options.poll_interval_s, sleep)
+    seen: list[MoveTask] = []
+    try:
+        task = _follow(tasks, handle, earlier, pair, out, options.poll_interval_s, sleep, seen)
+    except RedriveError as exc:
+        # The task may still be moving: say how far it got, in the report and the audit trail.
+        last = seen[-1] if seen else MoveTask("UNKNOWN", handle, 0, None, None)
+        out.record(_task_record(handle, last, pair, now(), error=str(exc)))
+        raise RedriveError(
+            f"lost track of move task {handle} (last seen {last.status}, moved {last.moved} of "
+            f"{last.to_move if last.to_move is not None else '?'}): {exc}; it may still be running, "
+            "and `redrive` run again follows it"
+        ) from None
     moved, to_move = task.moved, task.to_move
     if task.status == "FAILED":
         out.say(f"redrive: move task {handle} FAILED: {task.failure_reason or 'no reason given'}")
     elif task.status != "COMPLETED":
         out.say(f"redrive: move task {handle} ended {task.status}; the rest stays in the DLQ")
-    out.record(
-        {
-            "record": "redrive.task",
-            "task_handle": handle,
-            "status": task.status,
-            "moved": moved,
-            "to_move": to_move,
-            "failure_reason": task.failure_reason,
-            "source_arn": pair.dlq_arn,
-            "destination_arn": task.destination_arn or pair.source_arn,
-            "at": _iso(now()),
-        }
-    )
+    out.record(_task_record(handle, task, pair, now()))
     left = max(0, (to_move or 0) - moved) if task.status != "COMPLETED" else 0
     return Summary("native", moved=moved, failed=left, status=task.status)
+
+
+def _task_record(
+    handle: str, task: MoveTask, pair: QueuePair, at: datetime, error: str | None = None
+) -> dict[str, Any]:
+    return {
+        "record": "redrive.task",
+        "task_handle": handle,
+        "status": task.status,
+        "moved": task.moved,
+        "to_move": task.to_move,
+        "failure_reason": task.failure_reason,
+        "source_arn": pair.dlq_arn,
+        "destination_arn": task.destination_arn or pair.source_arn,
+        "at": _iso(at),
+        "error": error,
+    }
 
 
 def _follow(
@@ -268,8 +288,10 @@ def _follow(
     out: Output,
     poll_s: float,
     sleep: Callable[[float], None],
+    seen: list[MoveTask],
 ) -> MoveTask:
-    """Poll until the task leaves RUNNING/CANCELLING; print progress whenever it changes."""
+    """Poll until the task leaves RUNNING/CANCELLING; print progress whenever it changes. Each
+    answer is appended to ``seen``, so a caller whose polling failed knows how far the task got."""
     last: tuple[str, int, int | None] | None = None
     to_move: int | None = None
     missing = 0
@@ -283,14 +305,15 @@ def _follow(
         else:
             missing = 0
             to_move = task.to_move if task.to_move is not None else to_move
+            seen.append(
+                MoveTask(task.status, handle, task.moved, to_move, task.destination_arn, task.failure_reason)
+            )
             progress = (task.status, task.moved, to_move)
             if progress != last:
                 out.say(f"redrive: task {task.status}: moved {task.moved} of {to_move or '?'}")
                 last = progress
             if task.status not in _STILL_GOING:
-                return MoveTask(
-                    task.status, handle, task.moved, to_move, task.destination_arn, task.failure_reason
-                )
+                return seen[-1]
         sleep(poll_s)
 
 
@@ -501,7 +524,10 @@ dead-letter target (its RedrivePolicy), or nothing happens (exit 2).
 
 Without --max: SQS's own move task (StartMessageMoveTask), followed until it ends, with its
 progress printed; a task already running for the DLQ is followed, never doubled. Where the
-endpoint lacks that API (moto answers HTTP 500) the manual path runs instead, and says so.
+endpoint lacks that API (StartMessageMoveTask answers an unsupported operation, or HTTP 500
+without an AWS error code, as moto does) the manual path runs instead, and says so. Once a task
+is started, failing calls are retried; if they go on failing, the run ends (exit 1) naming the
+task and how far it got, and never falls back to the manual path while the task may be moving.
 
 With --max N (or as that fallback): the manual path. Batches of 10 are received under a
 300 s visibility timeout, copied (body and message attributes) to the source queue, and deleted
@@ -515,14 +541,16 @@ output:
   audit records, one JSON line per message (manual path): record, outcome (moved | not_sent),
   dlq_message_id, message_id (the copy's id), receive_count, sent_at, keys (the S3 keys the
   body names, or null when it is no event), body_md5, moved_at, dlq_deleted, error; the native
-  path writes one line for its task (task_handle, status, moved, to_move, failure_reason).
+  path writes one line for its task (task_handle, status, moved, to_move, failure_reason, error;
+  error is set when the task could not be followed to its end, status and moved are then the
+  last seen).
   Never a message body. With --audit FILE the records are appended to FILE and the report
   (progress, summary) goes to stdout; without it the records go to stdout, the report to stderr.
 
 exit status:
   0  everything moved (or nothing to move); a dry run that could read the DLQ
-  1  some messages could not be moved, the run stopped on an AWS error, or the move task
-     FAILED or was cancelled
+  1  some messages could not be moved, the run stopped on an AWS error, the move task
+     FAILED or was cancelled, or it could not be followed to its end
   2  configuration or usage: a missing setting, a DLQ that is not the queue's DLQ, an
      unreadable queue or audit file
 """

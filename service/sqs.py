@@ -225,12 +225,12 @@ def _optional_int(raw: object) -> int | None:
 
 # -- SQS's own redrive: message move tasks ------------------------------------------------------
 
-# What an endpoint answers when it lacks the move-task API: moto's server fails with HTTP 500
-# (NotImplementedError behind it); other emulators name the action unknown or unsupported.
+# What an endpoint answers when it lacks the move-task API: other emulators name the action unknown
+# or unsupported; moto's server fails with HTTP 500 and an HTML page (no AWS error code, see
+# ``is_unsupported_answer``). AWS's own InternalError/InternalFailure are not here: they are
+# transient faults of an API that exists, and are retried.
 _UNSUPPORTED_CODES = frozenset(
     {
-        "InternalFailure",
-        "InternalError",
         "UnsupportedOperation",
         "AWS.SimpleQueueService.UnsupportedOperation",
         "InvalidAction",
@@ -240,6 +240,14 @@ _UNSUPPORTED_CODES = frozenset(
         "NotImplementedException",
     }
 )
+
+
+def is_unsupported_answer(exc: botocore.exceptions.ClientError) -> bool:
+    """True for an answer that means the endpoint lacks the called action: an unsupported-operation
+    code, HTTP 501, or HTTP 500 without an AWS error code (botocore then puts the status in its place)."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code in _UNSUPPORTED_CODES or status == 501 or (status == 500 and code in ("", "500"))
 
 
 class MoveTaskUnsupportedError(Exception):
@@ -265,29 +273,53 @@ class MoveTasks:
     def __init__(self, client: SQSClient, source_arn: str) -> None:
         self._sqs = client
         self.source_arn = source_arn
+        self._start_attempts = 0
 
     @aws_retry
     def start(self, destination_arn: str) -> str:
         """Start moving every message to ``destination_arn``; return the task handle.
-        Raises ``MoveTaskUnsupportedError`` where the API does not exist."""
+
+        Raises ``MoveTaskUnsupportedError`` only when the first attempt is answered as the API
+        being missing; any later failure (after the retries) is a ``ClientError``, since an
+        earlier attempt may have started a task that a manual redrive must not run beside.
+        """
+        self._start_attempts += 1
         try:
             response = self._sqs.start_message_move_task(
                 SourceArn=self.source_arn, DestinationArn=destination_arn
             )
         except botocore.exceptions.ClientError as exc:
-            _raise_if_unsupported("StartMessageMoveTask", exc)
+            if self._start_attempts == 1 and is_unsupported_answer(exc):
+                # Raised inside the retried call, so aws_retry does not spend attempts on a missing API.
+                raise MoveTaskUnsupportedError(f"StartMessageMoveTask answered {_answer(exc)}") from None
             raise
         return response["TaskHandle"]
 
+    def recent_before_start(self) -> list[MoveTask] | None:
+        """``recent()``, or None where the endpoint answers as if it lacked the API: whether it does
+        is for StartMessageMoveTask to say (``start``), not for this listing."""
+        try:
+            return self._recent_or_unsupported()
+        except MoveTaskUnsupportedError:
+            return None
+
+    @aws_retry
+    def _recent_or_unsupported(self) -> list[MoveTask]:
+        try:
+            return self._list()
+        except botocore.exceptions.ClientError as exc:
+            if is_unsupported_answer(exc):
+                raise MoveTaskUnsupportedError(f"ListMessageMoveTasks answered {_answer(exc)}") from None
+            raise
+
     @aws_retry
     def recent(self) -> list[MoveTask]:
-        """The queue's most recent tasks (up to 10, newest first).
-        Raises ``MoveTaskUnsupportedError`` where the API does not exist."""
-        try:
-            response = self._sqs.list_message_move_tasks(SourceArn=self.source_arn, MaxResults=10)
-        except botocore.exceptions.ClientError as exc:
-            _raise_if_unsupported("ListMessageMoveTasks", exc)
-            raise
+        """The queue's most recent tasks (up to 10, newest first). Every transient failure, HTTP 500
+        included, is retried: this follows a task that exists."""
+        return self._list()
+
+    def _list(self) -> list[MoveTask]:
+        response = self._sqs.list_message_move_tasks(SourceArn=self.source_arn, MaxResults=10)
         return [
             MoveTask(
                 status=str(r.get("Status", "UNKNOWN")),
@@ -302,10 +334,7 @@ class MoveTasks:
         ]
 
 
-def _raise_if_unsupported(call: str, exc: botocore.exceptions.ClientError) -> None:
-    # Raised inside the retried call, so aws_retry does not spend its attempts on a missing API.
+def _answer(exc: botocore.exceptions.ClientError) -> str:
     code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    if code in _UNSUPPORTED_CODES or status in (500, 501):
-        named = f" {code}" if code and code != str(status) else ""
-        raise MoveTaskUnsupportedError(f"{call} answered HTTP {status}{named}") from None
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")

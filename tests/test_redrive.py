@@ -10,12 +10,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.exceptions
 import pytest
+from botocore.stub import ANY, Stubber
 
 from service.cli import main
 from service.local.samples import bundled_file
-from service.redrive import Output, RedriveOptions, redrive
+from service.redrive import Output, RedriveError, RedriveOptions, redrive
 from service.sqs import Message, Queue, send_groups
 from tests.stackfixtures import TestStack, s3_event
 
@@ -389,14 +391,34 @@ def _task(status: str, moved: int, to_move: int | None = 7, **extra: Any) -> dic
     return task
 
 
+def _aws_error(code: str, status: int, operation: str, message: str = "") -> botocore.exceptions.ClientError:
+    error = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return botocore.exceptions.ClientError(error, operation)  # type: ignore[arg-type]
+
+
+def _internal_error(operation: str) -> botocore.exceptions.ClientError:
+    # AWS's transient fault: HTTP 500 with its code, as opposed to moto's bare 500 page.
+    return _aws_error("InternalError", 500, operation, "We encountered an internal error.")
+
+
 class FakeMoveTaskSqs:
     """The SQS calls of the native path: queue attributes, and scripted ListMessageMoveTasks answers
-    (the first describes the queue before the run; the last repeats)."""
+    (the first describes the queue before the run; the last repeats; an exception is raised).
+    ``start_errors`` are raised by the first StartMessageMoveTask calls. Any receive from the DLQ
+    (the manual path) is recorded."""
 
-    def __init__(self, *listings: list[dict[str, Any]], depth: int = 7) -> None:
+    def __init__(
+        self,
+        *listings: list[dict[str, Any]] | Exception,
+        depth: int = 7,
+        start_errors: tuple[Exception, ...] = (),
+    ) -> None:
         self.listings = list(listings)
         self.depth = depth
         self.started: list[tuple[str, str]] = []
+        self.start_errors = list(start_errors)
+        self.list_calls = 0
+        self.received: list[str] = []
 
     def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:  # noqa: N803
         if QueueUrl == DLQ_URL:
@@ -412,11 +434,21 @@ class FakeMoveTaskSqs:
 
     def list_message_move_tasks(self, SourceArn: str, MaxResults: int) -> dict[str, Any]:  # noqa: N803
         assert SourceArn == DLQ_ARN
-        return {"Results": self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]}
+        self.list_calls += 1
+        listing = self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
+        if isinstance(listing, Exception):
+            raise listing
+        return {"Results": listing}
 
     def start_message_move_task(self, SourceArn: str, DestinationArn: str) -> dict[str, str]:  # noqa: N803
         self.started.append((SourceArn, DestinationArn))
+        if self.start_errors:
+            raise self.start_errors.pop(0)
         return {"TaskHandle": "task-1"}
+
+    def receive_message(self, QueueUrl: str, **_: Any) -> dict[str, Any]:  # noqa: N803
+        self.received.append(QueueUrl)
+        return {"Messages": []}
 
 
 def _run_native(fake: FakeMoveTaskSqs) -> tuple[int, list[str], list[dict[str, Any]]]:
@@ -503,3 +535,232 @@ def test_native_path_with_an_empty_dlq_starts_nothing() -> None:
     code, report, records = _run_native(fake)
     assert (code, fake.started, records) == (0, [], [])
     assert report[-1].startswith("redrive: moved 0, failed 0")
+
+
+def test_a_transient_500_while_following_is_retried_and_the_run_completes_natively() -> None:
+    fake = FakeMoveTaskSqs(
+        [],
+        [_task("RUNNING", 2)],
+        _internal_error("ListMessageMoveTasks"),
+        _internal_error("ListMessageMoveTasks"),
+        [_task("COMPLETED", 7)],
+    )
+    code, report, (record,) = _run_native(fake)
+    assert code == 0
+    assert fake.received == [] and len(fake.started) == 1
+    assert fake.list_calls == 5  # the two failed polls were tried again
+    assert not any("manual" in line for line in report)
+    assert report[-1].startswith("redrive: moved 7, failed 0 (left in the DLQ), skipped 0, path native")
+    assert (record["status"], record["moved"], record["error"]) == ("COMPLETED", 7, None)
+
+
+def test_a_persistent_failure_while_following_ends_with_an_error_and_never_goes_manual() -> None:
+    fake = FakeMoveTaskSqs(
+        [], [_task("RUNNING", 0)], [_task("RUNNING", 3)], _internal_error("ListMessageMoveTasks")
+    )
+    report, audit = io.StringIO(), io.StringIO()
+    with pytest.raises(RedriveError) as error:
+        redrive(
+            fake,  # type: ignore[arg-type]
+            DLQ_URL,
+            SOURCE_URL,
+            RedriveOptions(poll_interval_s=0.5),
+            Output(audit=audit, report=report, listing=io.StringIO()),
+            sleep=lambda _s: None,
+        )
+    assert fake.received == []  # no manual receive beside a task that may still be moving
+    assert "manual" not in report.getvalue()
+    line = str(error.value)
+    assert error.value.exit_code == 1 and "\n" not in line
+    assert line.startswith("lost track of move task task-1 (last seen RUNNING, moved 3 of 7): ")
+    assert "ListMessageMoveTasks for" in line and "InternalError (HTTP 500)" in line
+    (record,) = [json.loads(x) for x in audit.getvalue().splitlines()]
+    assert (record["task_handle"], record["status"], record["moved"], record["to_move"]) == (
+        "task-1",
+        "RUNNING",
+        3,
+        7,
+    )
+    assert record["error"] == line.split(": ", 1)[1].split("; it may still be running")[0]
+
+
+def test_the_cli_reports_a_lost_task_in_one_line_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeMoveTaskSqs([], [_task("RUNNING", 1)], _internal_error("ListMessageMoveTasks"))
+    monkeypatch.setattr("service.app.aws_client", lambda *_a, **_k: fake)
+    monkeypatch.setattr("service.redrive.POLL_INTERVAL_S", 0.0)
+    env = {"PIPELINE_QUEUE_URL": SOURCE_URL, "PIPELINE_DLQ_URL": DLQ_URL}
+    assert main(["redrive", "--audit", "/dev/null"], env) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("redrive:")]
+    assert err == [err[0]] and err[0].startswith("redrive: lost track of move task task-1 (last seen RUNNING")
+    assert fake.received == []
+
+
+def test_a_transient_500_on_the_first_start_is_retried_not_taken_for_a_missing_api() -> None:
+    fake = FakeMoveTaskSqs(
+        [], [_task("COMPLETED", 7)], start_errors=(_internal_error("StartMessageMoveTask"),)
+    )
+    code, _report, (record,) = _run_native(fake)
+    assert code == 0 and len(fake.started) == 2 and fake.received == []
+    assert record["status"] == "COMPLETED"
+
+
+def test_a_start_that_keeps_failing_ends_with_an_error_not_the_manual_path() -> None:
+    fake = FakeMoveTaskSqs([], start_errors=tuple(_internal_error("StartMessageMoveTask") for _ in range(9)))
+    with pytest.raises(RedriveError) as error:
+        _run_native(fake)
+    assert str(error.value).startswith(
+        f"StartMessageMoveTask from {DLQ_URL} failed: InternalError (HTTP 500)"
+    )
+    assert len(fake.started) == 5 and fake.received == []  # aws_retry's attempts, then the error
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _aws_error(
+            "500", 500, "StartMessageMoveTask", "<!doctype html><title>500 Internal Server Error</title>"
+        ),
+        _aws_error("AWS.SimpleQueueService.UnsupportedOperation", 400, "StartMessageMoveTask"),
+        _aws_error("501", 501, "StartMessageMoveTask"),
+    ],
+    ids=["moto-bare-500", "unsupported-operation", "http-501"],
+)
+def test_only_the_first_start_can_say_the_api_is_missing(answer: botocore.exceptions.ClientError) -> None:
+    fake = FakeMoveTaskSqs(_aws_error("500", 500, "ListMessageMoveTasks"), start_errors=(answer,))
+    code, report, records = _run_native(fake)
+    assert (code, records) == (0, [])  # nothing to receive in this fake
+    assert len(fake.started) == 1 and fake.received == [DLQ_URL]  # the manual path, at once
+    assert any("native move task unavailable (StartMessageMoveTask answered HTTP" in line for line in report)
+    # The same answer on a retry (a first attempt failed transiently) is no proof: an error, no fallback.
+    fake = FakeMoveTaskSqs([], start_errors=(_internal_error("StartMessageMoveTask"), answer))
+    if answer.response["ResponseMetadata"]["HTTPStatusCode"] >= 500:
+        fake.start_errors.extend([answer] * 5)
+    with pytest.raises(RedriveError):
+        _run_native(fake)
+    assert fake.received == []
+
+
+# -- the native path's requests and answers, checked against botocore's SQS model ------------------
+
+
+def _stubbed_sqs() -> tuple[Any, Stubber]:
+    client = boto3.client(
+        "sqs", region_name="eu-west-1", aws_access_key_id="stub", aws_secret_access_key="stub"
+    )
+    stubber = Stubber(client)
+    stubber.add_response(
+        "get_queue_attributes",
+        {
+            "Attributes": {
+                "QueueArn": DLQ_ARN,
+                "ApproximateNumberOfMessages": "7",
+                "ApproximateNumberOfMessagesNotVisible": "0",
+            }
+        },
+        {"QueueUrl": DLQ_URL, "AttributeNames": ANY},
+    )
+    policy = json.dumps({"deadLetterTargetArn": DLQ_ARN, "maxReceiveCount": 5})
+    stubber.add_response(
+        "get_queue_attributes",
+        {"Attributes": {"QueueArn": SOURCE_ARN, "RedrivePolicy": policy}},
+        {"QueueUrl": SOURCE_URL, "AttributeNames": ANY},
+    )
+    return client, stubber
+
+
+# Exactly what ListMessageMoveTasks is asked: the DLQ and the documented maximum of 10 results.
+LIST_REQUEST = {"SourceArn": DLQ_ARN, "MaxResults": 10}
+
+
+def _documented_task(status: str, moved: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "Status": status,
+        "SourceArn": DLQ_ARN,
+        "DestinationArn": SOURCE_ARN,
+        "ApproximateNumberOfMessagesMoved": moved,
+        "StartedTimestamp": 1_700_000_000_000,
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("ending", "exit_code", "summary"),
+    [
+        ([_documented_task("COMPLETED", 7)], 0, "moved 7, failed 0"),
+        (
+            [
+                _documented_task(
+                    "FAILED", 2, ApproximateNumberOfMessagesToMove=7, FailureReason="AccessDenied"
+                )
+            ],
+            1,
+            "moved 2, failed 5",
+        ),
+        (
+            [
+                _documented_task("CANCELLING", 3, TaskHandle="handle-1", ApproximateNumberOfMessagesToMove=7),
+                _documented_task("CANCELLED", 3, ApproximateNumberOfMessagesToMove=7),
+            ],
+            1,
+            "moved 3, failed 4",
+        ),
+    ],
+    ids=["completed", "failed", "cancelled"],
+)
+def test_the_native_path_sends_the_documented_requests_and_reads_the_documented_answers(
+    ending: list[dict[str, Any]], exit_code: int, summary: str
+) -> None:
+    client, stubber = _stubbed_sqs()
+    earlier = _documented_task("COMPLETED", 1, StartedTimestamp=1_600_000_000_000)
+    stubber.add_response("list_message_move_tasks", {"Results": [earlier]}, LIST_REQUEST)
+    # No MaxNumberOfMessagesPerSecond: SQS picks the rate. DestinationArn is the source queue.
+    stubber.add_response(
+        "start_message_move_task",
+        {"TaskHandle": "handle-1"},
+        {"SourceArn": DLQ_ARN, "DestinationArn": SOURCE_ARN},
+    )
+    running = _documented_task(
+        "RUNNING",
+        2,
+        TaskHandle="handle-1",
+        ApproximateNumberOfMessagesToMove=7,
+        MaxNumberOfMessagesPerSecond=500,
+    )
+    stubber.add_response("list_message_move_tasks", {"Results": [running, earlier]}, LIST_REQUEST)
+    # A transient fault while following: retried, not taken for a missing API.
+    stubber.add_client_error(
+        "list_message_move_tasks", "InternalError", "internal error", 500, expected_params=LIST_REQUEST
+    )
+    for task in ending:
+        stubber.add_response("list_message_move_tasks", {"Results": [task, earlier]}, LIST_REQUEST)
+    report, audit = io.StringIO(), io.StringIO()
+    with stubber:
+        result = redrive(
+            client,
+            DLQ_URL,
+            SOURCE_URL,
+            RedriveOptions(poll_interval_s=0.0),
+            Output(audit=audit, report=report, listing=io.StringIO()),
+            sleep=lambda _s: None,
+        )
+    stubber.assert_no_pending_responses()  # every request above was sent, in this order
+    assert result.exit_code == exit_code and result.path == "native"
+    assert result.line().startswith(f"redrive: {summary} (left in the DLQ), skipped 0, path native")
+    lines = report.getvalue().splitlines()
+    assert "redrive: started move task handle-1 for about 7 message(s)" in lines
+    assert "redrive: task RUNNING: moved 2 of 7" in lines
+    (record,) = [json.loads(x) for x in audit.getvalue().splitlines()]
+    final = ending[-1]
+    assert (record["task_handle"], record["status"], record["moved"], record["to_move"]) == (
+        "handle-1",
+        final["Status"],
+        final["ApproximateNumberOfMessagesMoved"],
+        7,
+    )
+    assert record["failure_reason"] == final.get("FailureReason")
+    if final["Status"] == "FAILED":
+        assert "redrive: move task handle-1 FAILED: AccessDenied" in lines
+    if final["Status"] == "CANCELLED":
+        assert "redrive: task CANCELLING: moved 3 of 7" in lines

@@ -69,7 +69,10 @@ def test_pipeline_database_down_60_s_costs_no_deliveries(
         proxy.close()
 
     assert_each_upload_settled_once(stack, keys)
-    assert all(not j["has_error"] for j in stack.jobs())
+    jobs = stack.jobs()
+    assert all(not j["has_error"] for j in jobs)
+    # One claim per job: the outage spent no delivery (an empty DLQ alone would not show that).
+    assert sorted((j["source_key"], j["attempts"]) for j in jobs) == sorted((key, 1) for key in keys)
     output = worker.output()
     assert '"breaker.opened"' in output and '"breaker.closed"' in output
     assert '"PIPELINE_DATABASE"' in output or '"pipeline_database"' in output
