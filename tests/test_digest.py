@@ -380,6 +380,62 @@ def test_a_failing_slack_is_reported_does_not_stop_the_others_and_retry_failed_s
     assert lab.run("--retry-failed", now=now + timedelta(hours=1))[1].startswith("nothing to retry")
 
 
+def test_a_second_fire_just_past_a_slot_boundary_sends_nothing_and_the_next_run_covers_the_span(
+    lab: Lab,
+) -> None:
+    first = datetime(2030, 1, 1, 6, 0, 30, tzinfo=UTC)  # window ends 05:45
+    second = first + timedelta(seconds=70)  # 06:01:40: the next slot would end 06:00
+    for n, done in enumerate((first - timedelta(minutes=40), first - timedelta(minutes=10)), start=1):
+        seed_job(
+            lab.stack, "Completed", done - timedelta(minutes=5), completed_at=done, key=quarantine_key(n)
+        )
+    assert lab.run(now=first)[1].splitlines()[1:] == ["email: sent", "sns: sent", "slack: sent"]
+
+    for argv in ((), ("--dry-run",)):
+        code, out, err = lab.run(*argv, now=second)
+        prefix = "dry run: " if argv else ""
+        assert (code, err) == (0, "")
+        assert out.splitlines() == [
+            f"{prefix}nothing sent (all pipelines): only 15 min since the last window ended at "
+            "2030-01-01 05:45 UTC, under DIGEST_MIN_WINDOW_MINUTES=60; the next run covers it"
+        ]
+    assert len(lab.emails()) == 1 and len(lab.sns()) == 1 and len(lab.slack.bodies) == 1
+    (window,) = lab.stack.query("SELECT * FROM pipeline.digest_window")
+    assert window["window_end"] == datetime(2030, 1, 1, 5, 45, tzinfo=UTC)  # not moved
+    assert len(lab.stack.query("SELECT * FROM pipeline.digest_delivery")) == 3
+
+    # An hour on, the run sends everything since 05:45: the job the short span held, and later ones.
+    seed_job(lab.stack, "Completed", first, completed_at=first + timedelta(minutes=30), key=quarantine_key(3))
+    code, out, _ = lab.run(now=first + timedelta(hours=1))
+    assert (
+        code == 0
+        and out.startswith("digest window ")
+        and out.splitlines()[1:]
+        == [
+            "email: sent",
+            "sns: sent",
+            "slack: sent",
+        ]
+    )
+    texts = [parts(mail)["text/plain"] for mail in lab.emails()]
+    assert len(texts) == 2
+    assert quarantine_key(1) in texts[0] and quarantine_key(2) not in texts[0]
+    assert (
+        quarantine_key(2) in texts[1] and quarantine_key(3) in texts[1] and quarantine_key(1) not in texts[1]
+    )
+    older, newer = lab.stack.query("SELECT * FROM pipeline.digest_window ORDER BY window_end")
+    assert older["window_end"] == newer["window_start"] == datetime(2030, 1, 1, 5, 45, tzinfo=UTC)
+    assert newer["window_end"] == datetime(2030, 1, 1, 6, 45, tzinfo=UTC)
+
+
+def test_a_lower_minimum_window_lets_a_short_window_go_out(lab: Lab) -> None:
+    first = datetime(2030, 1, 1, 6, 0, 30, tzinfo=UTC)
+    assert lab.run(now=first)[0] == 0
+    code, out, _ = lab.run(now=first + timedelta(minutes=15), DIGEST_MIN_WINDOW_MINUTES="15")
+    assert code == 0 and out.splitlines()[1:] == ["email: sent", "sns: sent", "slack: sent"]
+    assert len(lab.emails()) == 2
+
+
 def test_consecutive_windows_share_their_boundary_and_each_job_is_in_exactly_one(lab: Lab) -> None:
     start = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
     boundary = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
