@@ -2,9 +2,10 @@
 
 Without ``--since`` a run covers the next window of its scope (``service.digestwindow``), records
 it and claims each channel before sending, so a scheduler that fires twice sends once. One channel
-failing is reported with one line, does not stop the others, and leaves its claim ``failed`` for
-``--retry-failed``; the window still advances. A new window shorter than
-``DIGEST_MIN_WINDOW_MINUTES`` sends nothing (one line, exit 0) and is left to the next run.
+failing (a ``ChannelError`` or any other exception) is reported with one line, does not stop the
+others, and leaves its claim ``failed`` for ``--retry-failed``; the window still advances. A new
+window shorter than ``DIGEST_MIN_WINDOW_MINUTES`` sends nothing (one line, exit 0) and is left to
+the next run.
 ``--since`` is an ad-hoc digest that records nothing; ``--dry-run`` sends and records nothing.
 Output: one summary line and one line per channel (sent / skipped / failed), never a PHI value, a
 webhook URL or a response body.
@@ -210,6 +211,16 @@ def _deliver(
                 windows.mark_failed(window, channel.name, exc.code, exc.text)
             log.error("digest.channel_failed", channel=channel.name, error_code=exc.code)
             print(f"{channel.name}: failed ({exc.code}: {exc.text})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bug in one channel must not cost the others theirs
+            # Only the type is shown: the exception's text may quote the payload or a URL. The claim
+            # is marked failed (not left 'sending') so --retry-failed resends this channel.
+            failed = True
+            kind = type(exc).__name__
+            if window.id is not None:
+                windows.mark_failed(window, channel.name, kind, "unexpected error while sending")
+            log.error("digest.channel_failed", channel=channel.name, error_code=kind)
+            print(f"{channel.name}: failed (unexpected {kind})")
             continue
         if window.id is not None:
             windows.mark_sent(window, channel.name, now)

@@ -30,6 +30,7 @@ import requests
 from service.cli import main as cli_main
 from service.db import Database
 from service.digestcommand import register_digest_command
+from service.digestsend import EmailChannel
 from service.digestslack import MAX_BLOCKS, MAX_SECTION_CHARS
 from service.digestwindow import SCOPE_ALL, DigestWindows, window_end
 from service.errors import meaning_of
@@ -434,6 +435,48 @@ def test_a_lower_minimum_window_lets_a_short_window_go_out(lab: Lab) -> None:
     code, out, _ = lab.run(now=first + timedelta(minutes=15), DIGEST_MIN_WINDOW_MINUTES="15")
     assert code == 0 and out.splitlines()[1:] == ["email: sent", "sns: sent", "slack: sent"]
     assert len(lab.emails()) == 2
+
+
+def test_an_unexpected_exception_in_the_first_channel_does_not_stop_the_others(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
+    seed_job(
+        lab.stack,
+        "Completed",
+        now - timedelta(hours=3),
+        completed_at=now - timedelta(hours=2),
+        key=quarantine_key(1),
+    )
+
+    def broken(self: EmailChannel, raw: bytes) -> None:
+        raise KeyError(f"{PHI[0]} {raw[:20]!r}")  # a bug, not a ChannelError; its text must not show
+
+    monkeypatch.setattr(EmailChannel, "_send", broken)
+    code, out, err = lab.run(now=now)
+    assert code == 1
+    assert out.splitlines()[1:] == ["email: failed (unexpected KeyError)", "sns: sent", "slack: sent"]
+    assert PHI[0] not in out + err
+    assert lab.emails() == [] and len(lab.sns()) == 1 and len(lab.slack.bodies) == 1
+    claims = {r["channel"]: r for r in lab.stack.query("SELECT * FROM pipeline.digest_delivery")}
+    assert {c: r["status"] for c, r in claims.items()} == {"email": "failed", "sns": "sent", "slack": "sent"}
+    assert claims["email"]["error_code"] == "KeyError"
+
+    # Its claim is not left 'sending': --retry-failed resends the e-mail, and only it.
+    monkeypatch.undo()
+    code, out, _ = lab.run("--retry-failed", now=now + timedelta(minutes=30))
+    assert code == 0 and out.splitlines()[1:] == ["email: sent"]
+    assert len(lab.emails()) == 1 and lab.sns() == [] and len(lab.slack.bodies) == 1
+
+
+def test_ses_refusing_an_unverified_sender_does_not_stop_sns_and_slack(lab: Lab) -> None:
+    now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
+    code, out, _ = lab.run(now=now, DIGEST_EMAIL_FROM="unverified@lab.example")
+    assert code == 1
+    email_line, *others = out.splitlines()[1:]
+    assert email_line.startswith("email: failed (") and "SES refused the message" in email_line
+    assert others == ["sns: sent", "slack: sent"]
+    assert len(lab.sns()) == 1 and len(lab.slack.bodies) == 1
 
 
 def test_consecutive_windows_share_their_boundary_and_each_job_is_in_exactly_one(lab: Lab) -> None:
