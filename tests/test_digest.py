@@ -264,6 +264,18 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
         jobs = stack.wait_settled(4)
     now = later()
     waiting = seed_job(stack, "Started", now - timedelta(minutes=1), edc=False)  # not yet stuck
+    # A failed job whose error row's message carries every PHI value (seed_job writes it with a code).
+    phi_failed = seed_job(
+        stack,
+        "Failed",
+        now - timedelta(minutes=40),
+        completed_at=now - timedelta(minutes=30),
+        code="ERRL4002",
+    )
+    (error_row,) = stack.query(
+        "SELECT message FROM pipeline.edc_pipeline_error WHERE edc_pipeline_file_id = %s", (phi_failed,)
+    )
+    assert all(value in error_row["message"] for value in PHI[:3])
     in_quarantine = [j for j in jobs if j["status"] == "Completed"]
     names = [j["destination_key"] for j in in_quarantine]
     assert len(names) == 3 and all(n.startswith("quarantine/") for n in names)
@@ -275,12 +287,12 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
     code, out, err = lab.run(now=now)
     assert (code, err) == (0, "")
     assert out.splitlines()[1:] == ["email: sent", "sns: sent", "slack: sent"]
-    assert "3 new in quarantine, 1 with problems, 1 failed, 1 waiting for the EDC, 0 stuck" in out
+    assert "3 new in quarantine, 1 with problems, 2 failed, 1 waiting for the EDC, 0 stuck" in out
 
     (mail,) = lab.emails()
     assert mail.get_content_type() == "multipart/alternative"
     assert mail["To"] == "imaging-lab@lab.example, coordinator@lab.example"
-    assert "3 new in quarantine, 1 failed, 1 with problems" in str(mail["Subject"])
+    assert "3 new in quarantine, 2 failed, 1 with problems" in str(mail["Subject"])
     body = parts(mail)
     assert set(body) == {"text/plain", "text/html", "html as shown"}
     for part in (body["text/plain"], body["html as shown"]):
@@ -290,10 +302,12 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
             assert uid in part
         assert failed["error_code"] in part and meaning_of(failed["error_code"]) in part
         assert "ERRS1013" in part  # the mixed zip: in quarantine with a problem
-        assert f"python -m service jobs show {failed['id']}" in part
+        assert "ERRL4002" in part and meaning_of("ERRL4002") in part  # the seeded failure with PHI
+        assert any(f"python -m service jobs show {job}" in part for job in (failed["id"], phi_failed))
     assert f"new in quarantine: 3 file(s), {len(uids)} series, {instances} instance(s)" in body["text/plain"]
     assert f"job {mixed['id']} ERRS1013:" in body["text/plain"]
     assert f"job {waiting} ({PIPELINE_CODE})" in body["text/plain"]
+    assert f"ERRL4002 x1: {meaning_of('ERRL4002')} (jobs {phi_failed})" in body["text/plain"]
     assert "dead-letter queue: 0" in body["text/plain"]
 
     (note,) = lab.sns()
@@ -311,6 +325,10 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
     assert lab.run("--since", "2h", now=now)[0] == 0
     texts = everything_received(lab)
     assert len(texts) >= 6
+    # Every channel and part was read, and each body carries the PHI job's code: it was in the digest.
+    kinds = {where.split(" ")[0] for where in texts} | {w.rsplit(" ", 1)[-1] for w in texts}
+    assert {"email", "sns", "slack", "text/html", "text/plain", "subject"} <= kinds
+    assert all("ERRL4002" in text for where, text in texts.items() if "subject" not in where)
     leaks = [(where, value) for where, text in texts.items() for value in PHI if value in text]
     assert leaks == []
 
