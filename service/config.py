@@ -73,6 +73,7 @@ class Settings:
     digest_email_from: str | None  # DIGEST_EMAIL_FROM
     digest_email_to: tuple[str, ...]  # DIGEST_EMAIL_TO, comma separated
     slack_webhook_url: str | None  # SLACK_WEBHOOK_URL
+    digest_min_window_minutes: int  # DIGEST_MIN_WINDOW_MINUTES: a shorter new window waits for the next run
     notify_on_completion: bool  # NOTIFY_ON_COMPLETION: also announce successful jobs
     worker_concurrency: int  # WORKER_CONCURRENCY: messages processed at once per task
     visibility_timeout_s: int  # VISIBILITY_TIMEOUT_S: lease on a message, renewed while it runs
@@ -125,6 +126,8 @@ class Settings:
             digest_email_from=env.text("DIGEST_EMAIL_FROM"),
             digest_email_to=env.csv("DIGEST_EMAIL_TO"),
             slack_webhook_url=env.url("SLACK_WEBHOOK_URL", ("https", "http")),
+            # A scheduler's second fire just past a 15-minute boundary must not send a sliver.
+            digest_min_window_minutes=env.integer("DIGEST_MIN_WINDOW_MINUTES", 60, low=0, high=7 * 1440),
             notify_on_completion=env.boolean("NOTIFY_ON_COMPLETION", default=True),
             worker_concurrency=env.integer("WORKER_CONCURRENCY", 4, low=1, high=64),
             visibility_timeout_s=env.integer("VISIBILITY_TIMEOUT_S", 60, low=10, high=43_200),

@@ -2,10 +2,13 @@
 
 Without ``--since`` a run covers the next window of its scope (``service.digestwindow``), records
 it and claims each channel before sending, so a scheduler that fires twice sends once. One channel
-failing is reported with one line, does not stop the others, and leaves its claim ``failed`` for
-``--retry-failed``; the window still advances. ``--since`` is an ad-hoc digest that records
-nothing; ``--dry-run`` sends and records nothing. Output: one summary line and one line per
-channel (sent / skipped / failed), never a PHI value, a webhook URL or a response body.
+failing (a ``ChannelError`` or any other exception) is reported with one line, does not stop the
+others, and leaves its claim ``failed`` for ``--retry-failed``; the window still advances. A new
+window shorter than ``DIGEST_MIN_WINDOW_MINUTES`` sends nothing (one line, exit 0) and is left to
+the next run.
+``--since`` is an ad-hoc digest that records nothing; ``--dry-run`` sends and records nothing.
+Output: one summary line and one line per channel (sent / skipped / failed), never a PHI value, a
+webhook URL or a response body.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +30,7 @@ from service.digestquery import DigestFacts, collect_facts, read_dlq_depth
 from service.digestrender import render_html, render_text, subject_line, window_text
 from service.digestsend import Channel, ChannelError, DigestMessage, EmailChannel, SlackChannel, SnsChannel
 from service.digestslack import slack_payload
-from service.digestwindow import ClaimResult, DigestWindow, DigestWindows, scope_of
+from service.digestwindow import ClaimResult, DigestWindow, DigestWindows, ShortSpan, scope_of
 from service.errors import ConfigError
 from service.jobquery import StuckRule
 from service.logs import configure_logging
@@ -157,10 +160,14 @@ def _run(
         window = latest
     elif args.since is not None:
         window = DigestWindow(scope, args.since, now)
-    elif args.dry_run:
-        window = windows.next_window(scope, now)
     else:
-        window = windows.open_window(scope, now)
+        minimum = timedelta(minutes=settings.digest_min_window_minutes)
+        opened = (windows.next_window if args.dry_run else windows.open_window)(scope, now, minimum)
+        if isinstance(opened, ShortSpan):
+            log.info("digest.window_too_short", scope=scope, start=opened.start, end=opened.end)
+            print(short_span_line(opened, dry_run=args.dry_run))
+            return EXIT_OK
+        window = opened
 
     facts = collect_facts(
         db,
@@ -205,6 +212,16 @@ def _deliver(
             log.error("digest.channel_failed", channel=channel.name, error_code=exc.code)
             print(f"{channel.name}: failed ({exc.code}: {exc.text})")
             continue
+        except Exception as exc:  # noqa: BLE001 - a bug in one channel must not cost the others theirs
+            # Only the type is shown: the exception's text may quote the payload or a URL. The claim
+            # is marked failed (not left 'sending') so --retry-failed resends this channel.
+            failed = True
+            kind = type(exc).__name__
+            if window.id is not None:
+                windows.mark_failed(window, channel.name, kind, "unexpected error while sending")
+            log.error("digest.channel_failed", channel=channel.name, error_code=kind)
+            print(f"{channel.name}: failed (unexpected {kind})")
+            continue
         if window.id is not None:
             windows.mark_sent(window, channel.name, now)
         log.info("digest.channel_sent", channel=channel.name, window_id=window.id)
@@ -236,6 +253,18 @@ def summary_line(facts: DigestFacts, *, ad_hoc: bool, dry_run: bool) -> str:
         f"{len(facts.files)} new in quarantine, "
         f"{len(facts.problems)} with problems, {facts.failed_total} failed, {len(facts.waiting)} waiting for "
         f"the EDC, {len(facts.stuck)} stuck"
+    )
+
+
+def short_span_line(span: ShortSpan, *, dry_run: bool) -> str:
+    """One line: why nothing was sent, and that the next run covers the span."""
+    minutes = int((span.end - span.start).total_seconds() // 60)
+    minimum = int(span.minimum.total_seconds() // 60)
+    since = span.start.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    prefix = "dry run: " if dry_run else ""
+    return (
+        f"{prefix}nothing sent ({scope_label(span.scope)}): only {minutes} min since the last window ended "
+        f"at {since}, under DIGEST_MIN_WINDOW_MINUTES={minimum}; the next run covers it"
     )
 
 

@@ -3,8 +3,11 @@
 Windows of one scope (a pipeline code, or ``*`` for all) follow one another: a new window starts
 where the scope's latest one ended, and ends at ``now - 1 min`` floored to 15 minutes (the minute
 lets the last jobs of a slot settle; the floor makes two runs in one slot find the same window).
-The first window of a scope covers the 24 hours before its end. A PostgreSQL advisory lock per
-scope makes two concurrent runs agree on one window instead of both creating one.
+The first window of a scope covers the 24 hours before its end. A new window shorter than the
+run's minimum (``DIGEST_MIN_WINDOW_MINUTES``) is not opened: the run sends nothing and leaves the
+span to the next run, so a scheduler firing twice around a slot boundary (06:00:30, then 06:01:10)
+does not send a second, 15-minute digest. A PostgreSQL advisory lock per scope makes two
+concurrent runs agree on one window instead of both creating one.
 
 Each (window, channel) has one delivery claim: ``sending`` while a run sends, then ``sent`` or
 ``failed``. A run sends on a channel only after it inserted the claim, so a scheduler that fires
@@ -53,6 +56,17 @@ class ClaimResult(StrEnum):
     FAILED = "failed earlier (digest --retry-failed resends it)"
 
 
+@dataclass(frozen=True, slots=True)
+class ShortSpan:
+    """The span ``[start, end)`` since the scope's last window is under ``minimum``: nothing is
+    opened or recorded, and the next run's window starts at ``start`` as before."""
+
+    scope: str
+    start: datetime
+    end: datetime
+    minimum: timedelta
+
+
 def window_end(now: datetime) -> datetime:
     """``now - 1 min`` floored to the 15-minute slot, in UTC."""
     moment = (now - SETTLE).astimezone(UTC)
@@ -71,18 +85,25 @@ class DigestWindows:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def next_window(self, scope: str, now: datetime) -> DigestWindow:
+    def next_window(
+        self, scope: str, now: datetime, minimum: timedelta = timedelta(0)
+    ) -> DigestWindow | ShortSpan:
         """The window a run at ``now`` covers, without recording it (``--dry-run``)."""
         with self._db.transaction() as cur:
             window = self._next(cur, scope, now)
             latest = _latest(cur, scope)
             if window.id is None and latest is not None and not _has_claims(cur, latest.id or 0):
                 return DigestWindow(scope, latest.start, window.end)  # as open_window would extend it
+            if window.id is None and latest is not None and window.end - window.start < minimum:
+                return ShortSpan(scope, window.start, window.end, minimum)
             return window
 
-    def open_window(self, scope: str, now: datetime) -> DigestWindow:
+    def open_window(
+        self, scope: str, now: datetime, minimum: timedelta = timedelta(0)
+    ) -> DigestWindow | ShortSpan:
         """The scope's window for ``now``, recorded: a new one starting at the latest one's end,
-        or the latest one itself when a run in the same slot (or a clock behind it) made it."""
+        or the latest one itself when a run in the same slot (or a clock behind it) made it.
+        A new window shorter than ``minimum`` is not recorded: ``ShortSpan`` says so."""
         with self._db.transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_LOCK_NAMESPACE + scope,))
             window = self._next(cur, scope, now)
@@ -91,11 +112,16 @@ class DigestWindows:
             latest = _latest(cur, scope)
             if latest is not None and latest.id is not None and not _has_claims(cur, latest.id):
                 # A run that recorded its window and then died before claiming any channel: nobody
-                # received that window, so it grows to the new end instead of being skipped.
+                # received that window, so it grows to the new end instead of being skipped (it met
+                # the minimum when it was opened, so the grown one does too).
                 cur.execute(
                     "UPDATE pipeline.digest_window SET window_end = %s WHERE id = %s", (window.end, latest.id)
                 )
                 return DigestWindow(scope, latest.start, window.end, latest.id)
+            if latest is not None and window.end - window.start < minimum:
+                # Too soon after the last window (a second fire just past a slot boundary): leave
+                # the span to the next run, whose window still starts at latest.end (no gap).
+                return ShortSpan(scope, window.start, window.end, minimum)
             cur.execute(
                 "INSERT INTO pipeline.digest_window (scope, window_start, window_end, created_at)"
                 " VALUES (%s, %s, %s, %s) RETURNING id",

@@ -30,6 +30,7 @@ import requests
 from service.cli import main as cli_main
 from service.db import Database
 from service.digestcommand import register_digest_command
+from service.digestsend import EmailChannel
 from service.digestslack import MAX_BLOCKS, MAX_SECTION_CHARS
 from service.digestwindow import SCOPE_ALL, DigestWindows, window_end
 from service.errors import meaning_of
@@ -263,6 +264,18 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
         jobs = stack.wait_settled(4)
     now = later()
     waiting = seed_job(stack, "Started", now - timedelta(minutes=1), edc=False)  # not yet stuck
+    # A failed job whose error row's message carries every PHI value (seed_job writes it with a code).
+    phi_failed = seed_job(
+        stack,
+        "Failed",
+        now - timedelta(minutes=40),
+        completed_at=now - timedelta(minutes=30),
+        code="ERRL4002",
+    )
+    (error_row,) = stack.query(
+        "SELECT message FROM pipeline.edc_pipeline_error WHERE edc_pipeline_file_id = %s", (phi_failed,)
+    )
+    assert all(value in error_row["message"] for value in PHI[:3])
     in_quarantine = [j for j in jobs if j["status"] == "Completed"]
     names = [j["destination_key"] for j in in_quarantine]
     assert len(names) == 3 and all(n.startswith("quarantine/") for n in names)
@@ -274,12 +287,12 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
     code, out, err = lab.run(now=now)
     assert (code, err) == (0, "")
     assert out.splitlines()[1:] == ["email: sent", "sns: sent", "slack: sent"]
-    assert "3 new in quarantine, 1 with problems, 1 failed, 1 waiting for the EDC, 0 stuck" in out
+    assert "3 new in quarantine, 1 with problems, 2 failed, 1 waiting for the EDC, 0 stuck" in out
 
     (mail,) = lab.emails()
     assert mail.get_content_type() == "multipart/alternative"
     assert mail["To"] == "imaging-lab@lab.example, coordinator@lab.example"
-    assert "3 new in quarantine, 1 failed, 1 with problems" in str(mail["Subject"])
+    assert "3 new in quarantine, 2 failed, 1 with problems" in str(mail["Subject"])
     body = parts(mail)
     assert set(body) == {"text/plain", "text/html", "html as shown"}
     for part in (body["text/plain"], body["html as shown"]):
@@ -289,10 +302,12 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
             assert uid in part
         assert failed["error_code"] in part and meaning_of(failed["error_code"]) in part
         assert "ERRS1013" in part  # the mixed zip: in quarantine with a problem
-        assert f"python -m service jobs show {failed['id']}" in part
+        assert "ERRL4002" in part and meaning_of("ERRL4002") in part  # the seeded failure with PHI
+        assert any(f"python -m service jobs show {job}" in part for job in (failed["id"], phi_failed))
     assert f"new in quarantine: 3 file(s), {len(uids)} series, {instances} instance(s)" in body["text/plain"]
     assert f"job {mixed['id']} ERRS1013:" in body["text/plain"]
     assert f"job {waiting} ({PIPELINE_CODE})" in body["text/plain"]
+    assert f"ERRL4002 x1: {meaning_of('ERRL4002')} (jobs {phi_failed})" in body["text/plain"]
     assert "dead-letter queue: 0" in body["text/plain"]
 
     (note,) = lab.sns()
@@ -310,6 +325,10 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
     assert lab.run("--since", "2h", now=now)[0] == 0
     texts = everything_received(lab)
     assert len(texts) >= 6
+    # Every channel and part was read, and each body carries the PHI job's code: it was in the digest.
+    kinds = {where.split(" ")[0] for where in texts} | {w.rsplit(" ", 1)[-1] for w in texts}
+    assert {"email", "sns", "slack", "text/html", "text/plain", "subject"} <= kinds
+    assert all("ERRL4002" in text for where, text in texts.items() if "subject" not in where)
     leaks = [(where, value) for where, text in texts.items() for value in PHI if value in text]
     assert leaks == []
 
@@ -378,6 +397,104 @@ def test_a_failing_slack_is_reported_does_not_stop_the_others_and_retry_failed_s
     assert len(lab.slack.bodies) == 1 and quarantine_key(1) in json.dumps(lab.slack.bodies[0])
     assert len(lab.emails()) == 1 and lab.sns() == []
     assert lab.run("--retry-failed", now=now + timedelta(hours=1))[1].startswith("nothing to retry")
+
+
+def test_a_second_fire_just_past_a_slot_boundary_sends_nothing_and_the_next_run_covers_the_span(
+    lab: Lab,
+) -> None:
+    first = datetime(2030, 1, 1, 6, 0, 30, tzinfo=UTC)  # window ends 05:45
+    second = first + timedelta(seconds=70)  # 06:01:40: the next slot would end 06:00
+    for n, done in enumerate((first - timedelta(minutes=40), first - timedelta(minutes=10)), start=1):
+        seed_job(
+            lab.stack, "Completed", done - timedelta(minutes=5), completed_at=done, key=quarantine_key(n)
+        )
+    assert lab.run(now=first)[1].splitlines()[1:] == ["email: sent", "sns: sent", "slack: sent"]
+
+    for argv in ((), ("--dry-run",)):
+        code, out, err = lab.run(*argv, now=second)
+        prefix = "dry run: " if argv else ""
+        assert (code, err) == (0, "")
+        assert out.splitlines() == [
+            f"{prefix}nothing sent (all pipelines): only 15 min since the last window ended at "
+            "2030-01-01 05:45 UTC, under DIGEST_MIN_WINDOW_MINUTES=60; the next run covers it"
+        ]
+    assert len(lab.emails()) == 1 and len(lab.sns()) == 1 and len(lab.slack.bodies) == 1
+    (window,) = lab.stack.query("SELECT * FROM pipeline.digest_window")
+    assert window["window_end"] == datetime(2030, 1, 1, 5, 45, tzinfo=UTC)  # not moved
+    assert len(lab.stack.query("SELECT * FROM pipeline.digest_delivery")) == 3
+
+    # An hour on, the run sends everything since 05:45: the job the short span held, and later ones.
+    seed_job(lab.stack, "Completed", first, completed_at=first + timedelta(minutes=30), key=quarantine_key(3))
+    code, out, _ = lab.run(now=first + timedelta(hours=1))
+    assert (
+        code == 0
+        and out.startswith("digest window ")
+        and out.splitlines()[1:]
+        == [
+            "email: sent",
+            "sns: sent",
+            "slack: sent",
+        ]
+    )
+    texts = [parts(mail)["text/plain"] for mail in lab.emails()]
+    assert len(texts) == 2
+    assert quarantine_key(1) in texts[0] and quarantine_key(2) not in texts[0]
+    assert (
+        quarantine_key(2) in texts[1] and quarantine_key(3) in texts[1] and quarantine_key(1) not in texts[1]
+    )
+    older, newer = lab.stack.query("SELECT * FROM pipeline.digest_window ORDER BY window_end")
+    assert older["window_end"] == newer["window_start"] == datetime(2030, 1, 1, 5, 45, tzinfo=UTC)
+    assert newer["window_end"] == datetime(2030, 1, 1, 6, 45, tzinfo=UTC)
+
+
+def test_a_lower_minimum_window_lets_a_short_window_go_out(lab: Lab) -> None:
+    first = datetime(2030, 1, 1, 6, 0, 30, tzinfo=UTC)
+    assert lab.run(now=first)[0] == 0
+    code, out, _ = lab.run(now=first + timedelta(minutes=15), DIGEST_MIN_WINDOW_MINUTES="15")
+    assert code == 0 and out.splitlines()[1:] == ["email: sent", "sns: sent", "slack: sent"]
+    assert len(lab.emails()) == 2
+
+
+def test_an_unexpected_exception_in_the_first_channel_does_not_stop_the_others(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
+    seed_job(
+        lab.stack,
+        "Completed",
+        now - timedelta(hours=3),
+        completed_at=now - timedelta(hours=2),
+        key=quarantine_key(1),
+    )
+
+    def broken(self: EmailChannel, raw: bytes) -> None:
+        raise KeyError(f"{PHI[0]} {raw[:20]!r}")  # a bug, not a ChannelError; its text must not show
+
+    monkeypatch.setattr(EmailChannel, "_send", broken)
+    code, out, err = lab.run(now=now)
+    assert code == 1
+    assert out.splitlines()[1:] == ["email: failed (unexpected KeyError)", "sns: sent", "slack: sent"]
+    assert PHI[0] not in out + err
+    assert lab.emails() == [] and len(lab.sns()) == 1 and len(lab.slack.bodies) == 1
+    claims = {r["channel"]: r for r in lab.stack.query("SELECT * FROM pipeline.digest_delivery")}
+    assert {c: r["status"] for c, r in claims.items()} == {"email": "failed", "sns": "sent", "slack": "sent"}
+    assert claims["email"]["error_code"] == "KeyError"
+
+    # Its claim is not left 'sending': --retry-failed resends the e-mail, and only it.
+    monkeypatch.undo()
+    code, out, _ = lab.run("--retry-failed", now=now + timedelta(minutes=30))
+    assert code == 0 and out.splitlines()[1:] == ["email: sent"]
+    assert len(lab.emails()) == 1 and lab.sns() == [] and len(lab.slack.bodies) == 1
+
+
+def test_ses_refusing_an_unverified_sender_does_not_stop_sns_and_slack(lab: Lab) -> None:
+    now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
+    code, out, _ = lab.run(now=now, DIGEST_EMAIL_FROM="unverified@lab.example")
+    assert code == 1
+    email_line, *others = out.splitlines()[1:]
+    assert email_line.startswith("email: failed (") and "SES refused the message" in email_line
+    assert others == ["sns: sent", "slack: sent"]
+    assert len(lab.sns()) == 1 and len(lab.slack.bodies) == 1
 
 
 def test_consecutive_windows_share_their_boundary_and_each_job_is_in_exactly_one(lab: Lab) -> None:
