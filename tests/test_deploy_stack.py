@@ -32,6 +32,7 @@ import yaml
 
 from service.events import parse_message
 from service.local.stack import REGION
+from service.metrics import NAMESPACE as METRICS_NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "ecs" / "stack.yaml"
@@ -637,3 +638,147 @@ def test_a_failed_digest_task_reaches_the_admins(deployed: dict[str, Any]) -> No
     ]
     rules = key_statement["Condition"]["ArnEquals"]["aws:SourceArn"]
     assert any("digest-failed" in str(r) for r in rules)
+
+
+# -------------------------------------------------------------------------------- resources moto skips
+# moto skips the scaling policy, the schedule and the alarms, and cfn-lint checks only their
+# schema: these read the template itself (the log groups' retention too).
+
+
+def _metrics_by_id(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["Id"]: m for m in metrics}
+
+
+def test_scaling_tracks_visible_messages_per_running_task_not_the_total_backlog() -> None:
+    resources = load_template()["Resources"]
+    policy = resources["BacklogPerTaskScaling"]
+    assert policy["Condition"] == "WorkerOn"
+    properties = policy["Properties"]
+    assert properties["PolicyType"] == "TargetTrackingScaling"
+    assert properties["ScalingTargetId"] == {"Ref": "ScalableTarget"}
+    config = properties["TargetTrackingScalingPolicyConfiguration"]
+    assert config["TargetValue"] == {"Ref": "BacklogPerTaskTarget"}
+    assert "PredefinedMetricSpecification" not in config
+    spec = config["CustomizedMetricSpecification"]
+    # The metric math form only: a plain MetricName here would be the total visible count.
+    assert set(spec) == {"Metrics"}, spec
+    metrics = _metrics_by_id(spec["Metrics"])
+    (returned,) = [m for m in metrics.values() if m["ReturnData"]]
+    assert returned["Expression"].replace(" ", "") == "visible/running"
+    assert "MetricStat" not in returned
+
+    visible = metrics["visible"]["MetricStat"]
+    assert visible["Metric"]["Namespace"] == "AWS/SQS"
+    assert visible["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert visible["Metric"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}
+    ]
+    running = metrics["running"]["MetricStat"]
+    assert running["Metric"]["Namespace"] == "ECS/ContainerInsights"
+    assert running["Metric"]["MetricName"] == "RunningTaskCount"
+    assert running["Metric"]["Dimensions"] == [
+        {"Name": "ClusterName", "Value": {"Ref": "Cluster"}},
+        {"Name": "ServiceName", "Value": {"Fn::GetAtt": ["WorkerService", "Name"]}},
+    ]
+    assert not metrics["visible"]["ReturnData"] and not metrics["running"]["ReturnData"]
+    # The denominator exists: Container Insights on, and never fewer than one task.
+    cluster_settings = resources["Cluster"]["Properties"]["ClusterSettings"]
+    assert {"Name": "containerInsights", "Value": "enabled"} in cluster_settings
+    target = resources["ScalableTarget"]["Properties"]
+    assert target["ScalableDimension"] == "ecs:service:DesiredCount"
+    assert target["MinCapacity"] == {"Ref": "MinTasks"}
+    assert load_template()["Parameters"]["MinTasks"]["MinValue"] >= 1
+
+
+def test_the_schedule_runs_the_digest_task_definition_of_this_pipeline_on_fargate() -> None:
+    template = load_template()
+    resources = template["Resources"]
+    schedule = resources["DigestTaskSchedule"]["Properties"]
+    assert schedule["ScheduleExpression"] == {"Ref": "DigestSchedule"}
+    assert schedule["ScheduleExpressionTimezone"] == {"Ref": "DigestScheduleTimezone"}
+    assert schedule["State"] == {"Fn::If": ["WorkerOn", "ENABLED", "DISABLED"]}
+    target = schedule["Target"]
+    assert target["Arn"] == {"Fn::GetAtt": ["Cluster", "Arn"]}
+    assert target["RoleArn"] == {"Fn::GetAtt": ["DigestSchedulerRole", "Arn"]}
+    ecs = target["EcsParameters"]
+    assert ecs["TaskDefinitionArn"] == {"Ref": "DigestTaskDefinition"}
+    assert ecs["LaunchType"] == "FARGATE"
+    assert ecs["TaskCount"] == 1
+    network = ecs["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["Subnets"] == {"Ref": "SubnetIds"}
+    assert network["AssignPublicIp"] == "DISABLED"
+    assert template["Parameters"]["DigestSchedule"]["Default"].startswith("cron(")
+
+
+def _alarm(name: str) -> dict[str, Any]:
+    alarm: dict[str, Any] = load_template()["Resources"][name]
+    assert alarm["Type"] == "AWS::CloudWatch::Alarm"
+    properties: dict[str, Any] = alarm["Properties"]
+    assert properties["AlarmActions"] == [{"Ref": "AdminTopic"}], name
+    assert properties["OKActions"] == [{"Ref": "AdminTopic"}], name
+    # Named under the prefix the admin topic's policy lets CloudWatch publish from.
+    assert properties["AlarmName"]["Fn::Sub"].startswith("edc-${Study}-${PipelineCode}-"), name
+    return properties
+
+
+def test_dlq_alarm_fires_on_any_message_in_the_dlq() -> None:
+    alarm = _alarm("DeadLetterQueueAlarm")
+    assert alarm["Namespace"] == "AWS/SQS"
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}
+    ]
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Threshold"] == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["EvaluationPeriods"] == 1
+
+
+def test_oldest_message_alarm_fires_on_the_queue_s_age_above_the_parameter() -> None:
+    alarm = _alarm("OldestMessageAlarm")
+    assert alarm["Namespace"] == "AWS/SQS"
+    assert alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}]
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Threshold"] == {"Ref": "OldestMessageAlarmSeconds"}
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_no_completion_alarm_fires_when_messages_wait_and_no_file_completes() -> None:
+    alarm = _alarm("NoCompletionAlarm")
+    assert "MetricName" not in alarm  # metric math, not one metric
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    metrics = _metrics_by_id(alarm["Metrics"])
+    (returned,) = [m for m in metrics.values() if m["ReturnData"]]
+    expression = returned["Expression"].replace(" ", "")
+    assert expression == "IF(FILL(visible,0)>0ANDFILL(completed,0)==0,1,0)"
+    visible = metrics["visible"]["MetricStat"]
+    assert visible["Metric"]["Namespace"] == "AWS/SQS"
+    assert visible["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert visible["Metric"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}
+    ]
+    assert visible["Stat"] == "Minimum"  # waiting for the whole window
+    completed = metrics["completed"]["MetricStat"]
+    # The worker's EMF metric, under the namespace and dimensions service/metrics.py writes.
+    assert completed["Metric"]["Namespace"] == METRICS_NAMESPACE
+    assert completed["Metric"]["MetricName"] == "FilesCompleted"
+    assert completed["Metric"]["Dimensions"] == [
+        {"Name": "Study", "Value": {"Ref": "Study"}},
+        {"Name": "PipelineCode", "Value": {"Ref": "PipelineCode"}},
+    ]
+    assert completed["Stat"] == "Sum"
+    assert visible["Period"] == completed["Period"] == {"Ref": "NoCompletionAlarmSeconds"}
+
+
+def test_log_groups_keep_their_logs_for_the_retention_parameter() -> None:
+    template = load_template()
+    groups = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::Logs::LogGroup"}
+    assert set(groups) == {"LogGroup", "BucketEventBridgeFunctionLogGroup"}
+    for name, group in groups.items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+        assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["Key", "Arn"]}, name
+    retention = template["Parameters"]["LogRetentionDays"]
+    assert retention["Default"] == 731
+    assert min(retention["AllowedValues"]) >= 90
