@@ -426,7 +426,8 @@ def test_task_definitions_run_the_worker_digest_and_migrate_as_the_contract_says
     assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["LogGroupName"]
 
     digest = ecs.describe_task_definition(taskDefinition=outputs["DigestTaskDefinitionArn"])["taskDefinition"]
-    assert digest["containerDefinitions"][0]["command"] == ["digest"]
+    # This stack's pipeline only: its own windows and delivery claims, even in a shared database.
+    assert digest["containerDefinitions"][0]["command"] == ["digest", "--pipeline", PIPELINE_CODE]
     digest_env = {e["name"]: e["value"] for e in digest["containerDefinitions"][0]["environment"]}
     assert digest_env["DIGEST_TOPIC_ARN"] == outputs["DigestTopicArn"]
 
@@ -621,7 +622,8 @@ def test_a_failed_digest_task_reaches_the_admins(deployed: dict[str, Any]) -> No
     (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
     assert target["Arn"] == deployed["outputs"]["AdminTopicArn"]
     text = target["InputTransformer"]["InputTemplate"]
-    assert "<task>" in text and "<exit>" in text and "digest --retry-failed" in text
+    assert "<task>" in text and "<exit>" in text
+    assert f"digest --pipeline {PIPELINE_CODE} --retry-failed" in text
 
     # moto does not model topic policies: the template's.
     resources = load_template()["Resources"]
@@ -702,6 +704,8 @@ def test_the_schedule_runs_the_digest_task_definition_of_this_pipeline_on_fargat
     assert target["RoleArn"] == {"Fn::GetAtt": ["DigestSchedulerRole", "Arn"]}
     ecs = target["EcsParameters"]
     assert ecs["TaskDefinitionArn"] == {"Ref": "DigestTaskDefinition"}
+    (digest,) = resources["DigestTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert digest["Command"] == ["digest", "--pipeline", {"Ref": "PipelineCode"}]
     assert ecs["LaunchType"] == "FARGATE"
     assert ecs["TaskCount"] == 1
     network = ecs["NetworkConfiguration"]["AwsvpcConfiguration"]
