@@ -786,3 +786,22 @@ def test_log_groups_keep_their_logs_for_the_retention_parameter() -> None:
     retention = template["Parameters"]["LogRetentionDays"]
     assert retention["Default"] == 731
     assert min(retention["AllowedValues"]) >= 90
+
+
+def _needed_storage_gib(concurrency: int, max_object_bytes: int) -> float:
+    """The template's sizing rule: each job holds about twice its upload in WORK_DIR, plus 10 GiB."""
+    return 2 * concurrency * max_object_bytes / 1024**3 + 10
+
+
+def test_default_ephemeral_storage_holds_the_default_concurrency_of_largest_uploads() -> None:
+    """CloudFormation Rules cannot do arithmetic: the sizing rule is checked here, on the defaults
+    and on the bounds (the largest allowed upload fits the largest storage at concurrency 1)."""
+    parameters = load_template()["Parameters"]
+    storage = parameters["EphemeralStorageGiB"]
+    concurrency = parameters["WorkerConcurrency"]
+    largest = parameters["MaxObjectBytes"]
+    assert _needed_storage_gib(concurrency["Default"], largest["Default"]) <= storage["Default"]
+    assert storage["MinValue"] <= storage["Default"] <= storage["MaxValue"] == 200  # Fargate's range
+    assert _needed_storage_gib(concurrency["MinValue"], largest["MaxValue"]) <= storage["MaxValue"]
+    assert "2 x WorkerConcurrency x MaxObjectBytes" in storage["Description"]
+    assert "2 x WorkerConcurrency x MaxObjectBytes" in largest["Description"]
