@@ -805,3 +805,19 @@ def test_default_ephemeral_storage_holds_the_default_concurrency_of_largest_uplo
     assert _needed_storage_gib(concurrency["MinValue"], largest["MaxValue"]) <= storage["MaxValue"]
     assert "2 x WorkerConcurrency x MaxObjectBytes" in storage["Description"]
     assert "2 x WorkerConcurrency x MaxObjectBytes" in largest["Description"]
+
+
+def test_key_policy_s_only_wildcard_is_the_root_delegation_and_service_statements_are_conditioned() -> None:
+    statements = load_template()["Resources"]["Key"]["Properties"]["KeyPolicy"]["Statement"]
+    wildcard = [s for s in statements if "*" in json.dumps(s["Action"])]
+    assert [s["Sid"] for s in wildcard] == ["AccountAdministersTheKeyThroughIam"]
+    assert wildcard[0]["Principal"] == {
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+    }
+    services = [s for s in statements if "Service" in s["Principal"]]
+    assert len(services) == 3
+    assert all("Condition" in s for s in services), services
+    (cloudwatch,) = [s for s in services if s["Principal"]["Service"] == "cloudwatch.amazonaws.com"]
+    assert cloudwatch["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    alarms = cloudwatch["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+    assert alarms.endswith(":alarm:edc-${Study}-${PipelineCode}-*")
