@@ -821,3 +821,41 @@ def test_key_policy_s_only_wildcard_is_the_root_delegation_and_service_statement
     assert cloudwatch["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
     alarms = cloudwatch["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
     assert alarms.endswith(":alarm:edc-${Study}-${PipelineCode}-*")
+
+
+def test_bucket_eventbridge_function_role_holds_only_the_two_notification_calls_on_the_source_bucket() -> (
+    None
+):
+    """The deployed fixture turns the custom resource off (moto cannot run its Lambda), so its role
+    is never created there: the template's statements, exactly."""
+    resources = load_template()["Resources"]
+    role = resources["BucketEventBridgeFunctionRole"]
+    assert role["Condition"] == "TurnOnBucketEventBridge"
+    properties = role["Properties"]
+    (trust,) = properties["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert "ManagedPolicyArns" not in properties
+    (policy,) = properties["Policies"]
+    grants = {
+        action: statement["Resource"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        for action in statement["Action"]
+        if statement["Effect"] == "Allow"
+    }
+    assert all(s["Effect"] == "Allow" for s in policy["PolicyDocument"]["Statement"])
+    source_bucket = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${SourceBucketName}"}
+    own_streams = {"Fn::Sub": "${BucketEventBridgeFunctionLogGroup.Arn}:log-stream:*"}
+    # get/put_bucket_notification_configuration, the only S3 calls the function's code makes.
+    assert grants == {
+        "s3:GetBucketNotification": source_bucket,
+        "s3:PutBucketNotification": source_bucket,
+        "logs:CreateLogStream": own_streams,
+        "logs:PutLogEvents": own_streams,
+    }
+    code = resources["BucketEventBridgeFunction"]["Properties"]["Code"]["ZipFile"]
+    s3_calls = {line.split("s3.", 1)[1].split("(", 1)[0] for line in code.splitlines() if " s3." in line}
+    assert s3_calls == {"get_bucket_notification_configuration", "put_bucket_notification_configuration"}
+    assert resources["BucketEventBridgeFunction"]["Properties"]["Role"] == {
+        "Fn::GetAtt": ["BucketEventBridgeFunctionRole", "Arn"]
+    }
