@@ -6,7 +6,8 @@ SNS subscription), which it skips. The deployment test lets exactly those warnin
 then checks what was created: the queue and its DLQ, the events rule, the roles and every statement
 of their policies (no wildcard action, resources scoped to the stack), the task definitions. The
 bucket's EventBridge switch is a custom resource moto cannot run (its Lambda needs Docker), so its
-function is run here directly against moto's S3.
+function is run here directly against moto's S3. What moto skips (scaling policy, schedule,
+alarms, key and topic policies, the bucket function's role) is asserted on the template itself.
 """
 
 from __future__ import annotations
