@@ -3,7 +3,7 @@
 #
 # BASE_IMAGE: any Debian-like image with python3 (3.11+) and its venv module. The default is the
 # official slim image; CI builds on a Debian bookworm base made by debootstrap (python3,
-# python3-venv, ca-certificates: scripts/container-test), which has no `pip` on PATH, so the
+# python3-venv, ca-certificates: scripts/container-build), which has no `pip` on PATH, so the
 # project is installed into its own venv, /opt/venv, with the venv's pip.
 ARG BASE_IMAGE=python:3.11-slim
 

@@ -6,7 +6,8 @@ SNS subscription), which it skips. The deployment test lets exactly those warnin
 then checks what was created: the queue and its DLQ, the events rule, the roles and every statement
 of their policies (no wildcard action, resources scoped to the stack), the task definitions. The
 bucket's EventBridge switch is a custom resource moto cannot run (its Lambda needs Docker), so its
-function is run here directly against moto's S3.
+function is run here directly against moto's S3. What moto skips (scaling policy, schedule,
+alarms, key and topic policies, the bucket function's role) is asserted on the template itself.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import yaml
 
 from service.events import parse_message
 from service.local.stack import REGION
+from service.metrics import NAMESPACE as METRICS_NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "ecs" / "stack.yaml"
@@ -425,7 +427,8 @@ def test_task_definitions_run_the_worker_digest_and_migrate_as_the_contract_says
     assert container["logConfiguration"]["options"]["awslogs-group"] == outputs["LogGroupName"]
 
     digest = ecs.describe_task_definition(taskDefinition=outputs["DigestTaskDefinitionArn"])["taskDefinition"]
-    assert digest["containerDefinitions"][0]["command"] == ["digest"]
+    # This stack's pipeline only: its own windows and delivery claims, even in a shared database.
+    assert digest["containerDefinitions"][0]["command"] == ["digest", "--pipeline", PIPELINE_CODE]
     digest_env = {e["name"]: e["value"] for e in digest["containerDefinitions"][0]["environment"]}
     assert digest_env["DIGEST_TOPIC_ARN"] == outputs["DigestTopicArn"]
 
@@ -620,7 +623,8 @@ def test_a_failed_digest_task_reaches_the_admins(deployed: dict[str, Any]) -> No
     (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
     assert target["Arn"] == deployed["outputs"]["AdminTopicArn"]
     text = target["InputTransformer"]["InputTemplate"]
-    assert "<task>" in text and "<exit>" in text and "digest --retry-failed" in text
+    assert "<task>" in text and "<exit>" in text
+    assert f"digest --pipeline {PIPELINE_CODE} --retry-failed" in text
 
     # moto does not model topic policies: the template's.
     resources = load_template()["Resources"]
@@ -637,3 +641,222 @@ def test_a_failed_digest_task_reaches_the_admins(deployed: dict[str, Any]) -> No
     ]
     rules = key_statement["Condition"]["ArnEquals"]["aws:SourceArn"]
     assert any("digest-failed" in str(r) for r in rules)
+
+
+# -------------------------------------------------------------------------------- resources moto skips
+# moto skips the scaling policy, the schedule and the alarms, and cfn-lint checks only their
+# schema: these read the template itself (the log groups' retention too).
+
+
+def _metrics_by_id(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {m["Id"]: m for m in metrics}
+
+
+def test_scaling_tracks_visible_messages_per_running_task_not_the_total_backlog() -> None:
+    resources = load_template()["Resources"]
+    policy = resources["BacklogPerTaskScaling"]
+    assert policy["Condition"] == "WorkerOn"
+    properties = policy["Properties"]
+    assert properties["PolicyType"] == "TargetTrackingScaling"
+    assert properties["ScalingTargetId"] == {"Ref": "ScalableTarget"}
+    config = properties["TargetTrackingScalingPolicyConfiguration"]
+    assert config["TargetValue"] == {"Ref": "BacklogPerTaskTarget"}
+    assert "PredefinedMetricSpecification" not in config
+    spec = config["CustomizedMetricSpecification"]
+    # The metric math form only: a plain MetricName here would be the total visible count.
+    assert set(spec) == {"Metrics"}, spec
+    metrics = _metrics_by_id(spec["Metrics"])
+    (returned,) = [m for m in metrics.values() if m["ReturnData"]]
+    assert returned["Expression"].replace(" ", "") == "visible/running"
+    assert "MetricStat" not in returned
+
+    visible = metrics["visible"]["MetricStat"]
+    assert visible["Metric"]["Namespace"] == "AWS/SQS"
+    assert visible["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert visible["Metric"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}
+    ]
+    running = metrics["running"]["MetricStat"]
+    assert running["Metric"]["Namespace"] == "ECS/ContainerInsights"
+    assert running["Metric"]["MetricName"] == "RunningTaskCount"
+    assert running["Metric"]["Dimensions"] == [
+        {"Name": "ClusterName", "Value": {"Ref": "Cluster"}},
+        {"Name": "ServiceName", "Value": {"Fn::GetAtt": ["WorkerService", "Name"]}},
+    ]
+    assert not metrics["visible"]["ReturnData"] and not metrics["running"]["ReturnData"]
+    # The denominator exists: Container Insights on, and never fewer than one task.
+    cluster_settings = resources["Cluster"]["Properties"]["ClusterSettings"]
+    assert {"Name": "containerInsights", "Value": "enabled"} in cluster_settings
+    target = resources["ScalableTarget"]["Properties"]
+    assert target["ScalableDimension"] == "ecs:service:DesiredCount"
+    assert target["MinCapacity"] == {"Ref": "MinTasks"}
+    assert load_template()["Parameters"]["MinTasks"]["MinValue"] >= 1
+
+
+def test_the_schedule_runs_the_digest_task_definition_of_this_pipeline_on_fargate() -> None:
+    template = load_template()
+    resources = template["Resources"]
+    schedule = resources["DigestTaskSchedule"]["Properties"]
+    assert schedule["ScheduleExpression"] == {"Ref": "DigestSchedule"}
+    assert schedule["ScheduleExpressionTimezone"] == {"Ref": "DigestScheduleTimezone"}
+    assert schedule["State"] == {"Fn::If": ["WorkerOn", "ENABLED", "DISABLED"]}
+    target = schedule["Target"]
+    assert target["Arn"] == {"Fn::GetAtt": ["Cluster", "Arn"]}
+    assert target["RoleArn"] == {"Fn::GetAtt": ["DigestSchedulerRole", "Arn"]}
+    ecs = target["EcsParameters"]
+    assert ecs["TaskDefinitionArn"] == {"Ref": "DigestTaskDefinition"}
+    (digest,) = resources["DigestTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert digest["Command"] == ["digest", "--pipeline", {"Ref": "PipelineCode"}]
+    assert ecs["LaunchType"] == "FARGATE"
+    assert ecs["TaskCount"] == 1
+    network = ecs["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["Subnets"] == {"Ref": "SubnetIds"}
+    assert network["AssignPublicIp"] == "DISABLED"
+    assert template["Parameters"]["DigestSchedule"]["Default"].startswith("cron(")
+
+
+def _alarm(name: str) -> dict[str, Any]:
+    alarm: dict[str, Any] = load_template()["Resources"][name]
+    assert alarm["Type"] == "AWS::CloudWatch::Alarm"
+    properties: dict[str, Any] = alarm["Properties"]
+    assert properties["AlarmActions"] == [{"Ref": "AdminTopic"}], name
+    assert properties["OKActions"] == [{"Ref": "AdminTopic"}], name
+    # Named under the prefix the admin topic's policy lets CloudWatch publish from.
+    assert properties["AlarmName"]["Fn::Sub"].startswith("edc-${Study}-${PipelineCode}-"), name
+    return properties
+
+
+def test_dlq_alarm_fires_on_any_message_in_the_dlq() -> None:
+    alarm = _alarm("DeadLetterQueueAlarm")
+    assert alarm["Namespace"] == "AWS/SQS"
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}
+    ]
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Threshold"] == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["EvaluationPeriods"] == 1
+
+
+def test_oldest_message_alarm_fires_on_the_queue_s_age_above_the_parameter() -> None:
+    alarm = _alarm("OldestMessageAlarm")
+    assert alarm["Namespace"] == "AWS/SQS"
+    assert alarm["MetricName"] == "ApproximateAgeOfOldestMessage"
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}]
+    assert alarm["Statistic"] == "Maximum"
+    assert alarm["Threshold"] == {"Ref": "OldestMessageAlarmSeconds"}
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_no_completion_alarm_fires_when_messages_wait_and_no_file_completes() -> None:
+    alarm = _alarm("NoCompletionAlarm")
+    assert "MetricName" not in alarm  # metric math, not one metric
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    metrics = _metrics_by_id(alarm["Metrics"])
+    (returned,) = [m for m in metrics.values() if m["ReturnData"]]
+    expression = returned["Expression"].replace(" ", "")
+    assert expression == "IF(FILL(visible,0)>0ANDFILL(completed,0)==0,1,0)"
+    visible = metrics["visible"]["MetricStat"]
+    assert visible["Metric"]["Namespace"] == "AWS/SQS"
+    assert visible["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert visible["Metric"]["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}
+    ]
+    assert visible["Stat"] == "Minimum"  # waiting for the whole window
+    completed = metrics["completed"]["MetricStat"]
+    # The worker's EMF metric, under the namespace and dimensions service/metrics.py writes.
+    assert completed["Metric"]["Namespace"] == METRICS_NAMESPACE
+    assert completed["Metric"]["MetricName"] == "FilesCompleted"
+    assert completed["Metric"]["Dimensions"] == [
+        {"Name": "Study", "Value": {"Ref": "Study"}},
+        {"Name": "PipelineCode", "Value": {"Ref": "PipelineCode"}},
+    ]
+    assert completed["Stat"] == "Sum"
+    assert visible["Period"] == completed["Period"] == {"Ref": "NoCompletionAlarmSeconds"}
+
+
+def test_log_groups_keep_their_logs_for_the_retention_parameter() -> None:
+    template = load_template()
+    groups = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::Logs::LogGroup"}
+    assert set(groups) == {"LogGroup", "BucketEventBridgeFunctionLogGroup"}
+    for name, group in groups.items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+        assert group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["Key", "Arn"]}, name
+    retention = template["Parameters"]["LogRetentionDays"]
+    assert retention["Default"] == 731
+    assert min(retention["AllowedValues"]) >= 90
+
+
+def _needed_storage_gib(concurrency: int, max_object_bytes: int) -> float:
+    """The template's sizing rule: each job holds about twice its upload in WORK_DIR, plus 10 GiB."""
+    return 2 * concurrency * max_object_bytes / 1024**3 + 10
+
+
+def test_default_ephemeral_storage_holds_the_default_concurrency_of_largest_uploads() -> None:
+    """CloudFormation Rules cannot do arithmetic: the sizing rule is checked here, on the defaults
+    and on the bounds (the largest allowed upload fits the largest storage at concurrency 1)."""
+    parameters = load_template()["Parameters"]
+    storage = parameters["EphemeralStorageGiB"]
+    concurrency = parameters["WorkerConcurrency"]
+    largest = parameters["MaxObjectBytes"]
+    assert _needed_storage_gib(concurrency["Default"], largest["Default"]) <= storage["Default"]
+    assert storage["MinValue"] <= storage["Default"] <= storage["MaxValue"] == 200  # Fargate's range
+    assert _needed_storage_gib(concurrency["MinValue"], largest["MaxValue"]) <= storage["MaxValue"]
+    assert "2 x WorkerConcurrency x MaxObjectBytes" in storage["Description"]
+    assert "2 x WorkerConcurrency x MaxObjectBytes" in largest["Description"]
+
+
+def test_key_policy_s_only_wildcard_is_the_root_delegation_and_service_statements_are_conditioned() -> None:
+    statements = load_template()["Resources"]["Key"]["Properties"]["KeyPolicy"]["Statement"]
+    wildcard = [s for s in statements if "*" in json.dumps(s["Action"])]
+    assert [s["Sid"] for s in wildcard] == ["AccountAdministersTheKeyThroughIam"]
+    assert wildcard[0]["Principal"] == {
+        "AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+    }
+    services = [s for s in statements if "Service" in s["Principal"]]
+    assert len(services) == 3
+    assert all("Condition" in s for s in services), services
+    (cloudwatch,) = [s for s in services if s["Principal"]["Service"] == "cloudwatch.amazonaws.com"]
+    assert cloudwatch["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    alarms = cloudwatch["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+    assert alarms.endswith(":alarm:edc-${Study}-${PipelineCode}-*")
+
+
+def test_bucket_eventbridge_function_role_holds_only_the_two_notification_calls_on_the_source_bucket() -> (
+    None
+):
+    """The deployed fixture turns the custom resource off (moto cannot run its Lambda), so its role
+    is never created there: the template's statements, exactly."""
+    resources = load_template()["Resources"]
+    role = resources["BucketEventBridgeFunctionRole"]
+    assert role["Condition"] == "TurnOnBucketEventBridge"
+    properties = role["Properties"]
+    (trust,) = properties["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert "ManagedPolicyArns" not in properties
+    (policy,) = properties["Policies"]
+    grants = {
+        action: statement["Resource"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        for action in statement["Action"]
+        if statement["Effect"] == "Allow"
+    }
+    assert all(s["Effect"] == "Allow" for s in policy["PolicyDocument"]["Statement"])
+    source_bucket = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${SourceBucketName}"}
+    own_streams = {"Fn::Sub": "${BucketEventBridgeFunctionLogGroup.Arn}:log-stream:*"}
+    # get/put_bucket_notification_configuration, the only S3 calls the function's code makes.
+    assert grants == {
+        "s3:GetBucketNotification": source_bucket,
+        "s3:PutBucketNotification": source_bucket,
+        "logs:CreateLogStream": own_streams,
+        "logs:PutLogEvents": own_streams,
+    }
+    code = resources["BucketEventBridgeFunction"]["Properties"]["Code"]["ZipFile"]
+    s3_calls = {line.split("s3.", 1)[1].split("(", 1)[0] for line in code.splitlines() if " s3." in line}
+    assert s3_calls == {"get_bucket_notification_configuration", "put_bucket_notification_configuration"}
+    assert resources["BucketEventBridgeFunction"]["Properties"]["Role"] == {
+        "Fn::GetAtt": ["BucketEventBridgeFunctionRole", "Arn"]
+    }
