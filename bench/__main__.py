@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     large.add_argument("--zip-mb", type=float, help="size of the zip of 0.5 MB instances (200; quick 8)")
     large.add_argument("--file-mb", type=float, help="size of the single multi-frame file (200; quick 8)")
     large.add_argument("--small-files", type=int, help="0.5 MB files for the CPU per file (200; quick 20)")
+    large.add_argument(
+        "--cpu-baseline",
+        metavar="REF",
+        help="also measure the CPU per file of the worker at git REF (a temporary worktree), in turn",
+    )
+    large.add_argument(
+        "--cpu-rounds", type=int, default=3, help="batches of each code with --cpu-baseline (3)"
+    )
     stamp = parser.add_argument_group("--stamp: one large file through `python -m service stamp`")
     stamp.add_argument("--stamp", action="store_true", help="run the stamp-against-cp bench")
     stamp.add_argument("--stamp-mb", type=float, help="size of the single file (600; quick 60)")
@@ -89,6 +97,8 @@ def _large(args: argparse.Namespace) -> int:
         file_bytes=int((args.file_mb or (8 if args.quick else 200)) * 1e6),
         small_files=args.small_files or (20 if args.quick else 200),
         cap_bytes_per_s=args.cap_mbps * 1e6,
+        cpu_baseline=args.cpu_baseline,
+        cpu_rounds=args.cpu_rounds,
     )
     results_path = args.results or (None if args.quick else MAIN_DIR / "bench" / "RESULTS.md")
     workdir = Path(tempfile.mkdtemp(prefix="edc-bench-", dir="/tmp"))

@@ -23,7 +23,9 @@ attached to the worker, for the profile.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +66,8 @@ class LargeSizes:
     file_bytes: int  # target size of the single multi-frame file
     small_files: int  # 0.5 MB files per batch of the CPU measurement
     cap_bytes_per_s: float  # per connection, each direction
+    cpu_baseline: str | None = None  # a git ref whose worker is measured beside this one
+    cpu_rounds: int = 3  # batches of each code with a baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,11 @@ class CpuRun:
     seconds: float  # first upload -> last job Completed
     idle_cpu_per_s: float  # worker CPU seconds per second while idle (polling, heartbeat)
     profile: Profile | None
+    # With --cpu-baseline: further batches of the same size, this code's and the baseline's in
+    # turn, in ms of worker CPU per file (the batch above is the first of this code's).
+    baseline_ref: str | None = None
+    rounds_ms: tuple[float, ...] = ()
+    baseline_ms: tuple[float, ...] = ()
 
     @property
     def ms_per_file(self) -> float:
@@ -328,6 +337,58 @@ def _profiled_batch(pid: int, keys: list[str], put: Callable[[list[str]], object
     return read_raw_profile(out)
 
 
+def _cpu_batch(moto: str, admin_url: str, small: Path, files: int, rundir: Path, code_dir: Path) -> float:
+    """One batch of ``files`` small files through a fresh worker of the code in ``code_dir``, on
+    fresh queues and databases: ms of worker CPU per file."""
+    from service.local.stack import provision_aws
+
+    tag = rundir.name
+    names = stack_names(tag)
+    aws = provision_aws(moto, names)
+    warm = [KEY.format(code=f"{tag}warm{n}", ext=".dcm") for n in range(2 * WORKER_CONCURRENCY)]
+    batch = [KEY.format(code=f"{tag}n{n}", ext=".dcm") for n in range(files)]
+    urls = prepare_databases(admin_url, tag, [k.rsplit("/", 1)[1].removesuffix(".dcm") for k in warm + batch])
+    env = _worker_env(moto, names, aws, urls, Path(tempfile.mkdtemp(prefix="work-", dir=SHM)))
+    rundir.mkdir()
+    with worker_processes(env, 1, rundir, code_dir) as procs:
+        pid = procs[0].pid
+        wait_ready(procs, _port(moto))
+        _put(moto, names.source_bucket, small, warm)
+        wait_settled(urls[1], warm, 120)
+        before = _cpu(pid)
+        _put(moto, names.source_bucket, small, batch)
+        wait_settled(urls[1], batch, 600)
+        return 1000 * (_cpu(pid) - before) / files
+
+
+@contextmanager
+def baseline_checkout(ref: str) -> Iterator[Path]:
+    """A temporary git worktree of ``ref`` (the baseline's service code), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="edc-bench-baseline-"))
+    git = [shutil.which("git") or "git", "-C", str(MAIN_DIR)]
+    subprocess.run(
+        [*git, "worktree", "add", "--detach", "--force", str(path), ref], check=True, capture_output=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
+
+
+def _compare_cpu(
+    moto: str, admin_url: str, small: Path, files: int, workdir: Path, ref: str, rounds: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``rounds`` batches of this code and of ``ref`` in turn (ABBA order), in ms per file."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    with baseline_checkout(ref) as baseline:
+        for n in range(rounds):
+            order = [("cmpa", MAIN_DIR, ours), ("cmpb", baseline, theirs)]
+            for tag, code_dir, into in order if n % 2 == 0 else order[::-1]:
+                into.append(_cpu_batch(moto, admin_url, small, files, workdir / f"{tag}{n}", code_dir))
+    return tuple(ours), tuple(theirs)
+
+
 def _measure_cpu(
     moto: str, admin_url: str, small: Path, files: int, workdir: Path, progress: Callable[[str], None]
 ) -> CpuRun:
@@ -402,6 +463,17 @@ def measure_large(sizes: LargeSizes, workdir: Path, progress: Callable[[str], No
                 for item in inputs:
                     runs.append(_measure_input(item, stack, proxy, workdir, progress))
             cpu = _measure_cpu(moto, admin_url, small, sizes.small_files, workdir, progress)
+            if sizes.cpu_baseline:
+                progress(f"  CPU per file against {sizes.cpu_baseline}, {sizes.cpu_rounds} round(s) each")
+                ours, theirs = _compare_cpu(
+                    moto, admin_url, small, sizes.small_files, workdir, sizes.cpu_baseline, sizes.cpu_rounds
+                )
+                cpu = dataclasses.replace(
+                    cpu,
+                    baseline_ref=sizes.cpu_baseline,
+                    rounds_ms=(cpu.ms_per_file, *ours),
+                    baseline_ms=theirs,
+                )
         return LargeResults(sizes, tuple(runs), cpu)
     finally:
         import shutil

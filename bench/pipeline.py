@@ -231,9 +231,10 @@ def peak_rss(pid: int) -> int:
 
 @contextmanager
 def worker_processes(
-    env: dict[str, str], count: int, logdir: Path
+    env: dict[str, str], count: int, logdir: Path, code_dir: Path = MAIN_DIR
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Start ``count`` worker processes; SIGTERM and wait for them on exit, even on failure."""
+    """Start ``count`` worker processes of the service code in ``code_dir`` (this checkout by
+    default); SIGTERM and wait for them on exit, even on failure."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for n in range(count):
@@ -241,7 +242,7 @@ def worker_processes(
                 procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "service", "worker"],
-                        cwd=MAIN_DIR,
+                        cwd=code_dir,
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT,

@@ -175,3 +175,27 @@ def test_stamp_quick_times_every_method_and_judges_the_goal(tmp_path: Path) -> N
     written = results.read_text()
     assert "large kept" in written and STAMP_BEGIN in written and STAMP_END in written
     assert not list(Path("/dev/shm").glob("edc-bench-stamp-*"))  # its data is removed
+
+
+def test_a_cpu_baseline_is_shown_beside_this_code_and_judged_as_a_ratio() -> None:
+    from bench.large import CpuRun, LargeResults, LargeSizes
+    from bench.largereport import _goals, cpu_table
+
+    cpu = CpuRun(
+        200, 530_000, 200, 3.2, 2.4, 8.0, 0.005, None, "abc1234", (16.0, 15.0, 17.0), (30.0, 31.0, 29.0)
+    )
+    text = cpu_table(cpu)
+    assert "| baseline `abc1234` | 30.0" in text and "| this code          | 16.0" in text
+    sizes = LargeSizes(1, 1, 200, 5e6, "abc1234", 3)
+    (line,) = [g for g in _goals(LargeResults(sizes, (), cpu)) if "in the same run" in g]
+    assert "0.53x" in line and line.endswith("met.")  # 16 / 30, under the 15 / 28
+
+
+def test_the_baseline_checkout_is_a_worktree_of_the_ref_and_is_removed() -> None:
+    from bench.large import baseline_checkout
+    from bench.report import _git
+
+    with baseline_checkout("HEAD") as path:
+        assert (path / "service" / "worker.py").is_file()
+    assert not path.exists()
+    assert str(path) not in _git("worktree", "list")
