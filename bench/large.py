@@ -357,8 +357,11 @@ def _cpu_batch(moto: str, admin_url: str, small: Path, files: int, rundir: Path,
         wait_settled(urls[1], warm, 120)
         before = _cpu(pid)
         _put(moto, names.source_bucket, small, batch)
-        wait_settled(urls[1], batch, 600)
-        return 1000 * (_cpu(pid) - before) / files
+        completed, _failed = wait_settled(urls[1], batch, 600)
+        used = _cpu(pid) - before
+    if completed != files:  # a worker that failed jobs would look cheap
+        raise RuntimeError(f"{code_dir}: {completed} of {files} jobs completed; see {rundir}")
+    return 1000 * used / files
 
 
 @contextmanager
@@ -366,13 +369,17 @@ def baseline_checkout(ref: str) -> Iterator[Path]:
     """A temporary git worktree of ``ref`` (the baseline's service code), removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="edc-bench-baseline-"))
     git = [shutil.which("git") or "git", "-C", str(MAIN_DIR)]
-    subprocess.run(
-        [*git, "worktree", "add", "--detach", "--force", str(path), ref], check=True, capture_output=True
+    added = subprocess.run(
+        [*git, "worktree", "add", "--detach", "--force", str(path), ref], capture_output=True, text=True
     )
     try:
+        if added.returncode != 0:
+            raise RuntimeError(f"git worktree add {ref}: {added.stderr.strip()}")
         yield path
     finally:
         subprocess.run([*git, "worktree", "remove", "--force", str(path)], check=False, capture_output=True)
+        subprocess.run([*git, "worktree", "prune"], check=False, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _compare_cpu(
@@ -471,7 +478,7 @@ def measure_large(sizes: LargeSizes, workdir: Path, progress: Callable[[str], No
                 cpu = dataclasses.replace(
                     cpu,
                     baseline_ref=sizes.cpu_baseline,
-                    rounds_ms=(cpu.ms_per_file, *ours),
+                    rounds_ms=ours,  # only the batches taken in turn with the baseline's
                     baseline_ms=theirs,
                 )
         return LargeResults(sizes, tuple(runs), cpu)

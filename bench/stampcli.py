@@ -148,6 +148,10 @@ def measure_stamp(file_mb: float, rounds: int, progress: Callable[[str], None]) 
         root.rmdir()
 
 
+def _ratio(cp_s: float, row_s: float) -> str:
+    return f"{cp_s / row_s:.2f}" if row_s > 0 else "- (start-up is the whole time)"
+
+
 def render_stamp(results: StampResults, command: str, code_before: str, wall_s: float) -> str:
     cp = results.rows["cp"].net_s
     headers = ["method", "median s", "fastest - slowest s", "s, start-up subtracted", "x cp"]
@@ -160,11 +164,12 @@ def render_stamp(results: StampResults, command: str, code_before: str, wall_s: 
                 f"{row.median_s:.3f}",
                 f"{row.fastest_s:.3f} - {row.slowest_s:.3f}",
                 "-" if startup else f"{row.net_s:.3f}",
-                "-" if startup or row.method == "cp" else f"{cp / row.net_s:.2f}",
+                "-" if startup or row.method == "cp" else _ratio(cp, row.net_s),
             ]
         )
-    engine = cp / results.rows["stamp --no-checksums"].net_s
-    hashed = cp / results.rows["stamp (with the SHA-256 pair)"].net_s
+    # Start-up can swallow a small file's whole time (--quick): no ratio then, rather than a bogus one.
+    engine = cp / max(results.rows["stamp --no-checksums"].net_s, 1e-9)
+    hashed = cp / max(results.rows["stamp (with the SHA-256 pair)"].net_s, 1e-9)
     sha = results.rows["SHA-256 of IN (hashlib, in process)"].net_s
     verdict = "met" if engine >= GOAL else "NOT MET"
     facts = table(["", ""], machine_facts(code_before))

@@ -27,12 +27,10 @@ class AckBuffer:
         self,
         delete: Callable[[Sequence[Message]], object],
         *,
-        before_delete: Callable[[], object] | None = None,
         linger_s: float = LINGER_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._delete = delete
-        self._before_delete = before_delete
         self._linger_s = linger_s
         self._clock = clock
         self._waiting: list[Message] = []
@@ -53,7 +51,7 @@ class AckBuffer:
 
     def flush(self, *, force: bool = False) -> int:
         """Delete what waits when ``force``, when a batch is full, or when the oldest has waited
-        ``linger_s``, after calling ``before_delete``; return how many were sent. Raises what the
+        ``linger_s``; return how many were sent. Raises what the
         delete raises (the messages are then dropped from here: they come back to the queue and
         are finished again)."""
         with self._lock:
@@ -63,7 +61,5 @@ class AckBuffer:
             if not (force or due or len(self._waiting) >= BATCH):
                 return 0
             sending, self._waiting, self._oldest = self._waiting, [], None
-        if self._before_delete is not None:
-            self._before_delete()  # what the finished jobs still have to send goes first
         self._delete(sending)
         return len(sending)

@@ -2,9 +2,9 @@
 
 Messages are plain text built from codes, ids, counts and the source key: never a header value.
 Errors are published at once, each in its own call. Completions (one per file with
-NOTIFY_ON_COMPLETION) are queued and sent ten per ``PublishBatch`` call by the worker's loop,
-before the messages of their jobs are deleted (``service/acks.py``): one call per file cost about
-2 ms of CPU in botocore. Subscribers still get one notification per file.
+NOTIFY_ON_COMPLETION) are queued and sent ten per ``PublishBatch`` call by a thread of the
+worker's, every second and once more when it stops: one call per file cost about 2 ms of CPU in
+botocore. Subscribers still get one notification per file.
 """
 
 from __future__ import annotations
@@ -72,11 +72,11 @@ class Notifier:
         with self._lock:
             queued, self._queued = self._queued, []
         for batch in _batches(queued):
-            try:
-                failed = self._publish_batch(batch)
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                failed = [(item, type(exc).__name__) for item in batch]
-            for item, reason in failed:
+            failed = self._send(batch)
+            again = [item for item, _reason, sender_fault in failed if not sender_fault]
+            if again:  # SNS's own fault for those entries (throttled, internal): once more
+                failed = [f for f in failed if f[2]] + self._send(again)
+            for item, reason, _sender_fault in failed:
                 log.error(
                     "report.notification_failed",
                     error_code="ERRL4006",
@@ -89,9 +89,16 @@ class Notifier:
         assert self._sns is not None and self._topic_arn
         self._sns.publish(TopicArn=self._topic_arn, Subject=subject, Message=message)
 
+    def _send(self, batch: list[_Queued]) -> list[tuple[_Queued, str, bool]]:
+        """The entries of ``batch`` that did not go: (entry, why, whether it is the sender's fault)."""
+        try:
+            return self._publish_batch(batch)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            return [(item, type(exc).__name__, True) for item in batch]  # aws_retry already tried
+
     @aws_retry
-    def _publish_batch(self, batch: list[_Queued]) -> list[tuple[_Queued, str]]:
-        """Send one batch; return the entries SNS refused, with its code for each."""
+    def _publish_batch(self, batch: list[_Queued]) -> list[tuple[_Queued, str, bool]]:
+        """Send one batch; return the entries SNS refused, with its code and SenderFault."""
         assert self._sns is not None and self._topic_arn
         ids = {str(number): item for number, item in enumerate(batch)}
         entries: list[Any] = [
@@ -99,7 +106,10 @@ class Notifier:
             for entry_id, item in ids.items()
         ]
         response = self._sns.publish_batch(TopicArn=self._topic_arn, PublishBatchRequestEntries=entries)
-        return [(ids[f["Id"]], str(f.get("Code", "refused"))) for f in response.get("Failed", [])]
+        return [
+            (ids[f["Id"]], str(f.get("Code", "refused")), bool(f.get("SenderFault", True)))
+            for f in response.get("Failed", [])
+        ]
 
 
 def _batches(queued: list[_Queued]) -> list[list[_Queued]]:

@@ -71,12 +71,18 @@ class Queue:
 
     def delete(self, messages: Sequence[Message]) -> list[Message]:
         """Delete messages in batches; a failed entry is logged (it will be delivered again) and
-        returned."""
+        returned. A batch whose call fails does not stop the others; the first such error is
+        raised once all were tried (those messages come back and are finished again)."""
         not_deleted: list[Message] = []
+        first_error: Exception | None = None
         for start in range(0, len(messages), MAX_BATCH):
             batch = messages[start : start + MAX_BATCH]
             entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(batch)]
-            response = self._delete_batch(entries)
+            try:
+                response = self._delete_batch(entries)
+            except Exception as exc:  # noqa: BLE001 - the other batches still go; raised below
+                first_error = first_error or exc
+                continue
             for failed in response.get("Failed", []):
                 not_deleted.append(batch[int(failed["Id"])])
                 log.warning(
@@ -84,6 +90,8 @@ class Queue:
                     message_id=batch[int(failed["Id"])].message_id,
                     code=failed.get("Code"),
                 )
+        if first_error is not None:
+            raise first_error
         return not_deleted
 
     def change_visibility(self, messages: Sequence[tuple[Message, int]]) -> None:

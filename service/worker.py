@@ -35,6 +35,8 @@ log = structlog.get_logger()
 LONG_POLL_S = 20
 # SQS keeps a message invisible for at most 12 h after its receipt: let go of it before that.
 MAX_HOLD_S = 11.5 * 3600
+OUTBOX_INTERVAL_S = 1.0  # completion notices wait at most this long to share a PublishBatch call
+OUTBOX_FINAL_S = 15.0  # how long a stopping worker waits for the last send
 
 
 class Handler(Protocol):
@@ -171,9 +173,11 @@ class Worker:
         self._protection = protection
         self._liveness = liveness
         self._paused_logged = False
-        # What finished jobs queued to send (completion notifications) goes before their deletes.
+        # What finished jobs queued to send (completion notifications): sent by a thread of its
+        # own, so a slow SNS never holds up receiving, settling or the heartbeat.
         self._flush_outbox = flush_outbox
-        self._acks = AckBuffer(queue.delete, before_delete=flush_outbox)
+        self._outbox_stop = threading.Event()
+        self._acks = AckBuffer(queue.delete)
         self.stats = WorkerStats()
 
     def stop(self) -> None:
@@ -189,6 +193,8 @@ class Worker:
         log.info("worker.started", concurrency=self._concurrency, max_receive_count=self._max_receive_count)
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
+        outbox = threading.Thread(target=self._outbox_loop, name="outbox", daemon=True)
+        outbox.start()
         try:
             while not self._stop.is_set():
                 self._beat()
@@ -203,6 +209,8 @@ class Worker:
             self._drain()
             self._heartbeat_stop.set()
             heartbeat.join(timeout=10)
+            self._outbox_stop.set()  # one last send of what the finished jobs queued
+            outbox.join(timeout=OUTBOX_FINAL_S)
             if self._protection is not None:
                 self._protection.release()
             if self._liveness is not None:
@@ -405,11 +413,23 @@ class Worker:
 
     def _send_acks(self, *, force: bool) -> None:
         try:
-            sent = self._acks.flush(force=force)
-            if force and not sent and self._flush_outbox is not None:
-                self._flush_outbox()
+            self._acks.flush(force=force)
         except Exception as exc:  # noqa: BLE001 - the messages simply come back; processing is idempotent
             log.error("worker.settle_failed", **describe_exception(exc))
+
+    def _outbox_loop(self) -> None:
+        """Every ``OUTBOX_INTERVAL_S``, and once more when the worker stops, send what finished
+        jobs queued (``flush_outbox`` logs what it could not send; nothing here may end the thread)."""
+        if self._flush_outbox is None:
+            return
+        while True:
+            stopping = self._outbox_stop.wait(OUTBOX_INTERVAL_S)
+            try:
+                self._flush_outbox()
+            except Exception as exc:  # noqa: BLE001 - a lost notice must not stop the next ones
+                log.error("worker.outbox_failed", **describe_exception(exc))
+            if stopping:
+                return
 
     # -- heartbeat and shutdown -------------------------------------------------------------
     def _heartbeat_loop(self) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from service.acks import AckBuffer
 from service.sqs import Message
+from tests.stackfixtures import TestStack
 
 
 def _messages(count: int, start: int = 0) -> list[Message]:
@@ -65,3 +66,33 @@ def test_a_failed_delete_raises_and_leaves_nothing_behind() -> None:
     else:
         raise AssertionError("the delete's error must reach the caller")
     assert len(acks) == 0  # those messages come back to the queue and are finished again
+
+
+def test_a_failed_delete_call_does_not_stop_the_other_batches(stack: TestStack) -> None:
+    from service.local.stack import aws_client
+    from service.sqs import Queue
+
+    class HalfBroken(Queue):
+        calls = 0
+
+        def _delete_batch(self, entries: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+            HalfBroken.calls += 1
+            if HalfBroken.calls == 1:
+                raise ConnectionError("SQS unreachable for one call")
+            return super()._delete_batch(entries)
+
+    url = stack.env["PIPELINE_QUEUE_URL"]
+    queue = HalfBroken(aws_client("sqs", stack.endpoint), url)
+    for n in range(15):
+        stack.send(f'{{"n": {n}}}')
+    received: list[Message] = []
+    while len(received) < 15:
+        received += queue.receive(10, 1, 30)
+    try:
+        queue.delete(received)
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("the failed call's error must reach the caller")
+    assert HalfBroken.calls == 2
+    assert stack.queue_depth() == 10  # the second batch (5) went; the first (10) comes back

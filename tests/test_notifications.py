@@ -146,3 +146,30 @@ def test_queued_completions_sns_refuses_are_logged_by_job_and_never_raise(stack:
     notifier.flush()
     (line,) = [json.loads(x) for x in stack.log.getvalue().splitlines() if "notification_failed" in x]
     assert (line["error_code"], line["pipeline_file_id"]) == ("ERRL4006", 7)
+
+
+class FlakySns:
+    """An SNS client whose first PublishBatch refuses one entry through SNS's own fault."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def publish_batch(self, TopicArn: str, PublishBatchRequestEntries: list[dict[str, str]]) -> object:  # noqa: N803
+        self.batches.append([e["Subject"] for e in PublishBatchRequestEntries])
+        if len(self.batches) == 1:
+            refused = {
+                "Id": PublishBatchRequestEntries[0]["Id"],
+                "Code": "InternalError",
+                "SenderFault": False,
+            }
+            return {"Successful": [], "Failed": [refused]}
+        return {"Successful": [{"Id": e["Id"]} for e in PublishBatchRequestEntries], "Failed": []}
+
+
+def test_an_entry_sns_refuses_through_its_own_fault_is_sent_once_more() -> None:
+    sns = FlakySns()
+    notifier = Notifier(sns, "arn:aws:sns:us-east-1:123456789012:admins")  # type: ignore[arg-type]
+    notifier.publish_later("job 1 completed", "pipeline_file_id: 1\n", 1)
+    notifier.publish_later("job 2 completed", "pipeline_file_id: 2\n", 2)
+    notifier.flush()
+    assert sns.batches == [["job 1 completed", "job 2 completed"], ["job 1 completed"]]

@@ -70,3 +70,15 @@ def test_a_filesystem_refusing_sendfile_part_way_gets_the_rest_through_the_buffe
 def test_a_source_shorter_than_the_range_is_an_error(tmp_path: Path, head: bytes) -> None:
     with pytest.raises(OSError, match="shrank"):
         _copy(tmp_path, head, 0, len(SOURCE) + 10)
+
+
+def test_a_failed_write_through_the_buffer_raises_the_disk_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as raised:
+        _copy(tmp_path, b"x" * 12, 0, 100_000)  # 12 bytes ahead: the buffered path
+    assert raised.value.errno == errno.ENOSPC  # not a BufferError from the buffer's views

@@ -70,3 +70,18 @@ def test_an_error_another_attempt_cannot_fix_is_raised_at_once(captured_log: io.
     with pytest.raises(psycopg2.errors.UniqueViolation):
         db_retry(flaky)()
     assert flaky.calls == 1 and _retries(captured_log) == []
+
+
+def test_a_first_attempt_that_outlasts_the_time_bound_is_not_retried(
+    captured_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.retry as retry
+
+    real = retry.time.monotonic
+    readings = [0.0, 31.0]  # db_retry: within 30 s; the first attempt took 31
+
+    monkeypatch.setattr(retry.time, "monotonic", lambda: readings.pop(0) if readings else real())
+    flaky = Flaky(psycopg2.OperationalError("slow and lost"))
+    with pytest.raises(psycopg2.OperationalError):
+        db_retry(flaky)()
+    assert flaky.calls == 1 and _retries(captured_log) == []

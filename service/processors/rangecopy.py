@@ -58,19 +58,16 @@ def _buffered(in_fd: int, out_fd: int, offset: int, count: int) -> None:
     """Copy through one buffer whose start sits half a page from the source offset (and so
     about half a page from the destination too)."""
     start = (offset + PAGE // 2) % PAGE
-    with mmap.mmap(-1, BUFFER_BYTES + PAGE) as buffer, memoryview(buffer) as whole:
-        window = whole[start : start + BUFFER_BYTES]
-        try:
-            while count > 0:
-                wanted = min(count, BUFFER_BYTES)
-                got = os.preadv(in_fd, [window[:wanted]], offset)
-                if got == 0:
-                    raise OSError("source file shrank while it was being copied")
-                _write_all(out_fd, window[:got])
-                offset += got
-                count -= got
-        finally:
-            window.release()
+    # Not closed explicitly: a failed write's traceback may still hold a view of it, and closing
+    # a map with views raises BufferError over the real error. It is unmapped once unreferenced.
+    window = memoryview(mmap.mmap(-1, BUFFER_BYTES + PAGE))[start : start + BUFFER_BYTES]
+    while count > 0:
+        got = os.preadv(in_fd, [window[: min(count, BUFFER_BYTES)]], offset)
+        if got == 0:
+            raise OSError("source file shrank while it was being copied")
+        _write_all(out_fd, window[:got])
+        offset += got
+        count -= got
 
 
 def _write_all(out_fd: int, data: memoryview) -> None:
