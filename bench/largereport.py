@@ -135,9 +135,13 @@ def _goals(results: LargeResults) -> list[str]:
             f"{r.worker_rss_bytes / 1e6:.0f} MB (goal < {GOAL_RSS / 1e6:.0f} MB): {verdict}."
         )
     cpu = results.cpu
+    # With a baseline, every batch of this code counts: the first alone could be a lucky one.
+    batches = (cpu.ms_per_file, *cpu.rounds_ms)
+    measured = statistics.median(batches)
+    which = f"the median of its {len(batches)} batches" if len(batches) > 1 else "one batch"
     lines.append(
-        f"- CPU per small file: {cpu.ms_per_file:.1f} ms (goal <= {GOAL_CPU_MS:g} ms): "
-        f"{'met' if cpu.ms_per_file <= GOAL_CPU_MS else 'NOT MET'}."
+        f"- CPU per small file: {measured:.1f} ms, {which} (goal <= {GOAL_CPU_MS:g} ms): "
+        f"{'met' if measured <= GOAL_CPU_MS else 'NOT MET'}."
     )
     if cpu.baseline_ms:
         ratio = statistics.median(cpu.rounds_ms) / statistics.median(cpu.baseline_ms)
