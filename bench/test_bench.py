@@ -123,16 +123,16 @@ def test_py_spy_samples_are_grouped_by_their_innermost_library_frame(tmp_path: P
     assert profile.top_by_group(1)[0][2] == 3
 
 
-def test_large_quick_runs_the_worker_end_to_end_and_prints_every_row() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--large", "--quick", "--cap-mbps", "50", "--small-files", "10"],
-        cwd=MAIN_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` in a child, which must succeed."""
+    command = [sys.executable, "-m", "bench", *args]
+    proc = subprocess.run(command, cwd=MAIN_DIR, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_large_quick_runs_the_worker_end_to_end_and_prints_every_row() -> None:
+    proc = _bench("--large", "--quick", "--cap-mbps", "50", "--small-files", "10")
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     large = [r for r in rows if r.startswith(("| stored zip", "| single file"))]
     assert len(large) == 3 and all("| Completed |" in r for r in large)
@@ -153,15 +153,7 @@ def test_the_large_section_is_replaced_in_place_and_carried_over_by_a_full_run()
 def test_stamp_quick_times_every_method_and_judges_the_goal(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text(f"# Results\n\n{BEGIN}\nlarge kept\n{END}\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--stamp", "--quick", "--stamp-mb", "8", "--results", str(results)],
-        cwd=MAIN_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _bench("--stamp", "--quick", "--stamp-mb", "8", "--results", str(results))
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")]
     expected = (
         "cp",

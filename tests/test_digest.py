@@ -141,6 +141,18 @@ def lab(stack: TestStack) -> Iterator[Lab]:
 
 
 # -- seeding --------------------------------------------------------------------------------
+def seed_completed(lab: Lab, now: datetime, **columns: Any) -> Any:
+    """A job created 3 h before ``now`` and in quarantine (``quarantine_key(1)``) since 2 h before."""
+    return seed_job(
+        lab.stack,
+        "Completed",
+        now - timedelta(hours=3),
+        completed_at=now - timedelta(hours=2),
+        key=quarantine_key(1),
+        **columns,
+    )
+
+
 def seed_job(
     stack: TestStack,
     status: str,
@@ -335,15 +347,7 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
 
 def test_running_twice_for_the_same_window_sends_once(lab: Lab) -> None:
     now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
-    job = seed_job(
-        lab.stack,
-        "Completed",
-        now - timedelta(hours=3),
-        completed_at=now - timedelta(hours=2),
-        key=quarantine_key(1),
-        series=1,
-        instances=1,
-    )
+    job = seed_completed(lab, now, series=1, instances=1)
     first = lab.run(now=now)
     second = lab.run(now=now + timedelta(minutes=5))  # the same slot: the same window
     assert first[0] == 0 and second[0] == 0
@@ -364,15 +368,7 @@ def test_a_failing_slack_is_reported_does_not_stop_the_others_and_retry_failed_s
     lab: Lab,
 ) -> None:
     now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
-    seed_job(
-        lab.stack,
-        "Completed",
-        now - timedelta(hours=3),
-        completed_at=now - timedelta(hours=2),
-        key=quarantine_key(1),
-        series=1,
-        instances=4,
-    )
+    seed_completed(lab, now, series=1, instances=4)
     lab.slack.status = 500
     code, out, _ = lab.run(now=now)
     assert code == 1
@@ -459,13 +455,7 @@ def test_an_unexpected_exception_in_the_first_channel_does_not_stop_the_others(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
-    seed_job(
-        lab.stack,
-        "Completed",
-        now - timedelta(hours=3),
-        completed_at=now - timedelta(hours=2),
-        key=quarantine_key(1),
-    )
+    seed_completed(lab, now)
 
     def broken(self: EmailChannel, raw: bytes) -> None:
         raise KeyError(f"{PHI[0]} {raw[:20]!r}")  # a bug, not a ChannelError; its text must not show
