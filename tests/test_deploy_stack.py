@@ -16,6 +16,7 @@ import ast
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -396,6 +397,74 @@ def test_roles_hold_only_scoped_grants_without_wildcard_actions(deployed: dict[s
         f"arn:aws:iam::{ACCOUNT}:role/{prefix}-execution",
         f"arn:aws:iam::{ACCOUNT}:role/{prefix}-digest",
     }
+
+
+# Every AWS operation the service calls (boto3 method name) -> the role that calls it in the stack
+# and the IAM action that authorises it (S3's object calls share a few actions). A new call in
+# service/ fails the test below until it is entered here and granted in the template.
+CALLS: dict[str, dict[str, tuple[str, str]]] = {
+    "s3": {
+        "get_object": ("worker", "s3:GetObject"),
+        "head_object": ("worker", "s3:GetObject"),
+        "put_object": ("worker", "s3:PutObject"),
+        "create_multipart_upload": ("worker", "s3:PutObject"),
+        "upload_part": ("worker", "s3:PutObject"),
+        "upload_part_copy": ("worker", "s3:PutObject"),
+        "complete_multipart_upload": ("worker", "s3:PutObject"),
+        "abort_multipart_upload": ("worker", "s3:AbortMultipartUpload"),
+        "delete_object": ("worker", "s3:DeleteObject"),
+        "head_bucket": ("worker", "s3:ListBucket"),
+        "list_objects_v2": ("worker", "s3:ListBucket"),
+        "list_object_versions": ("worker", "s3:ListBucketVersions"),
+        "get_bucket_versioning": ("worker", "s3:GetBucketVersioning"),
+    },
+    "sqs": {
+        "receive_message": ("worker", "sqs:ReceiveMessage"),
+        "delete_message_batch": ("worker", "sqs:DeleteMessage"),
+        "change_message_visibility_batch": ("worker", "sqs:ChangeMessageVisibility"),
+        "send_message": ("worker", "sqs:SendMessage"),
+        "send_message_batch": ("worker", "sqs:SendMessage"),
+        "get_queue_attributes": ("digest", "sqs:GetQueueAttributes"),
+        "start_message_move_task": ("worker", "sqs:StartMessageMoveTask"),
+        "list_message_move_tasks": ("worker", "sqs:ListMessageMoveTasks"),
+    },
+    "sns": {"publish": ("worker", "sns:Publish"), "publish_batch": ("worker", "sns:Publish")},
+    "ses": {"send_raw_email": ("digest", "ses:SendRawEmail")},
+}
+# Method names that are also the service's own (ObjectStore.list_objects), not boto3 calls.
+OWN_METHODS = {"list_objects"}
+
+
+def _aws_calls_in_service() -> dict[str, set[str]]:
+    """service -> the boto3 client methods and paginators named in service/ (the local stack's
+    demo and fixtures excluded: they never run in the deployed tasks)."""
+    sources = [p for p in (ROOT / "service").rglob("*.py") if "local" not in p.relative_to(ROOT).parts]
+    text = "\n".join(p.read_text() for p in sources)
+    named = set(re.findall(r"\.([a-z][a-z0-9_]*)\(", text)) | set(
+        re.findall(r"get_paginator\(\"([a-z0-9_]+)\"\)", text)
+    )
+    calls = {}
+    for service in CALLS:
+        methods = boto3.client(service, region_name=REGION).meta.method_to_api_mapping
+        calls[service] = {name for name in named if name in methods} - OWN_METHODS
+    return calls
+
+
+def test_every_aws_call_the_service_makes_is_granted_to_the_role_that_makes_it(
+    deployed: dict[str, Any],
+) -> None:
+    iam = _client(deployed["endpoint"], "iam")
+    prefix, study = deployed["prefix"], deployed["study"]
+    grants = {name: _grants(iam, f"{prefix}-{name}") for name in ("worker", "digest")}
+    for service, methods in _aws_calls_in_service().items():
+        unknown = methods - set(CALLS[service])
+        assert not unknown, f"{service} calls {sorted(unknown)}: enter them in CALLS and grant them"
+        for method in methods:
+            role, action = CALLS[service][method]
+            assert action in grants[role], f"{service}.{method} needs {action} on the {role} role"
+    # The two grants the worker's operator commands and its take-back need, scoped as narrowly.
+    assert grants["worker"]["s3:GetBucketVersioning"] == {f"arn:aws:s3:::{study}-uploads"}
+    assert grants["worker"]["s3:DeleteObject"] == {f"arn:aws:s3:::{study}-labs/quarantine/*"}
 
 
 def test_task_definitions_run_the_worker_digest_and_migrate_as_the_contract_says(
