@@ -16,7 +16,7 @@ from service.config import Settings, redact_url
 from service.db import Database
 from service.edc import EdcLookup, load_lookup_sql
 from service.errors import ConfigError
-from service.health import PROBE_TIMEOUT_S, worker_probes
+from service.health import PROBE_TIMEOUT_S, login_refused, worker_probes
 from service.liveness import HeartbeatFile
 from service.metrics import EmfMetrics, Metrics, NoMetrics
 from service.migrate import pending_migrations
@@ -122,6 +122,11 @@ def build_worker(settings: Settings, clock: Clock = utc_now, *, poll_wait_s: int
     if pending:
         pipeline_db.close()
         raise RuntimeError(f"pipeline database has pending migrations {pending}: run `migrate` first")
+    # The replica may be down now (the breaker waits that out), but a URL it refuses is a mistake.
+    refused = login_refused(settings.edc_database_url)
+    if refused:
+        pipeline_db.close()
+        raise ConfigError(f"EDC_DATABASE_URL: {refused}")
     edc_db = Database(settings.edc_database_url, max_connections=connections, read_only=True)
     # Every job may move one large object over S3_TRANSFER_THREADS connections at once.
     s3 = aws_client(settings, "s3", pool=settings.worker_concurrency * settings.s3_transfer_threads + 2)

@@ -55,13 +55,12 @@ class Database:
         return conn
 
 
-@db_retry
 def _open_pool(
     url: str, max_connections: int, statement_timeout_s: int
 ) -> psycopg2.pool.ThreadedConnectionPool:
     # A dead socket or a blocked query must end in an error, not hold a worker thread forever.
     pool = psycopg2.pool.ThreadedConnectionPool(
-        minconn=1,
+        minconn=0,  # nothing opened yet: a database down at start-up is an outage like any other
         maxconn=max_connections,
         dsn=url,
         connect_timeout=10,
@@ -73,7 +72,7 @@ def _open_pool(
         keepalives_count=3,
     )
     # psycopg2 closes a returned connection when ``minconn`` are already idle: with 1, every job
-    # thread beyond the first reconnected per statement (a TCP and auth handshake each). One
-    # connection is opened now, the others when first needed, and all are kept once open.
+    # thread beyond the first reconnected per statement (a TCP and auth handshake each). Each
+    # connection is opened when first needed and kept once open.
     pool.minconn = max_connections
     return pool

@@ -38,6 +38,26 @@ def database_probe(url: str) -> Probe:
     return probe
 
 
+# What PostgreSQL says when it answers and turns the login down: a wrong URL, not an outage.
+_LOGIN_REFUSALS = {
+    "password authentication failed": "the password was refused",
+    "authentication failed": "the login was refused",
+    "does not exist": "its database or role does not exist",
+    "pg_hba.conf": "the server does not accept this client (pg_hba.conf)",
+}
+
+
+def login_refused(url: str) -> str | None:
+    """Why PostgreSQL at ``url`` refuses the login, or None when it accepts it or does not answer
+    (an outage, which the breaker waits out). The reason names no user, database or host."""
+    try:
+        psycopg2.connect(url, connect_timeout=PROBE_TIMEOUT_S, application_name="edc-probe").close()
+    except psycopg2.OperationalError as exc:
+        text = str(exc)
+        return next((reason for marker, reason in _LOGIN_REFUSALS.items() if marker in text), None)
+    return None
+
+
 def s3_probe(client: Any, *buckets: str) -> Probe:
     """True when S3 answers a HEAD of each of ``buckets`` (any answer but a transient fault: a 404
     or 403 is S3 answering; that a bucket is wrong is not an outage). The worker reads the source

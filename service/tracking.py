@@ -231,16 +231,20 @@ class TrackingStore:
     def claim_job(self, job_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
         """Mark the job In Progress for ``owner`` (one delivery: message id and receive count).
 
-        Claimable when Started, when In Progress with no live lease (the delivery that held it
-        died or let go), when it failed only because deliveries ran out (a DLQ redrive), or by
-        the delivery that holds it (a message the worker parked runs again in place). A live
+        ``attempts`` counts the deliveries that claimed it. Claimable when Started, when In
+        Progress with no live lease (the delivery that held it died or let go), when it failed
+        only because deliveries ran out (a DLQ redrive), or by the delivery that holds it (a
+        message the worker parked runs again in place). A live
         lease is never taken over by anyone else, not even by a redelivery of the same message:
         the earlier delivery may still be running.
         """
         with self._db.transaction() as cur:
             cur.execute(
                 "UPDATE pipeline.edc_pipeline_file SET status = %(in_progress)s, lease_owner = %(owner)s,"
-                " lease_until = %(until)s, attempts = attempts + 1, updated_at = %(now)s"
+                " lease_until = %(until)s, updated_at = %(now)s,"
+                # A delivery that runs again in place (parked, paused) is still one attempt.
+                " attempts = attempts + CASE WHEN status = %(in_progress)s AND lease_owner = %(owner)s"
+                "   THEN 0 ELSE 1 END"
                 " WHERE id = %(id)s AND (status = %(started)s"
                 "   OR (status = %(in_progress)s AND (lease_until IS NULL OR lease_until < %(now)s"
                 "       OR lease_owner = %(owner)s))"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -21,6 +22,7 @@ from service.local.stack import aws_client
 from service.pipeline import Delivery, Outcome
 from service.sqs import Message, Queue
 from service.worker import ExponentialBackoff, Worker
+from tests.faults.proxies import S3FaultProxy, TcpProxy
 from tests.stackfixtures import TestStack
 from tests.test_worker import event, running
 
@@ -242,3 +244,86 @@ def test_a_poison_message_still_reaches_the_dlq_within_its_deliveries(
         stack.wait_for(lambda: stack.queue_depth("PIPELINE_DLQ_URL") == 1, timeout=30, what="in the DLQ")
     assert (job["status"], job["error_code"], job["attempts"]) == ("Failed", "ERRL8003", 2)
     assert '"breaker.opened"' not in stack.log.getvalue()
+
+
+# --- end to end: an outage of the EDC replica or of S3 pauses the job, spending no delivery -----
+
+
+@pytest.fixture
+def replica_proxy(stack: TestStack) -> Iterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the EDC replica's PostgreSQL, and the replica's URL through it."""
+    parts = urlsplit(stack.edc_url)
+    assert parts.port is not None
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port)
+    netloc = parts.netloc.replace(f":{parts.port}", f":{proxy.port}")
+    yield proxy, urlunsplit(parts._replace(netloc=netloc))
+    proxy.close()
+
+
+@pytest.fixture
+def s3_proxy(moto_endpoint: str) -> Iterator[S3FaultProxy]:
+    proxy = S3FaultProxy(moto_endpoint)
+    yield proxy
+    proxy.close()
+
+
+def _paused_then_completed(stack: TestStack, dependency: str, restore: object) -> dict[str, object]:
+    """Wait for the breaker to open on ``dependency`` with the job unsettled and nothing recorded,
+    call ``restore``, and return the job once it settles."""
+    stack.wait_for(lambda: '"breaker.opened"' in stack.log.getvalue(), timeout=30, what="breaker open")
+    time.sleep(2)
+    log = stack.log.getvalue()
+    assert f'"dependency": "{dependency}"' in log or f'"dependency":"{dependency}"' in log
+    (job,) = stack.jobs()
+    assert job["status"] not in ("Completed", "Failed")
+    assert stack.errors() == []  # an outage is nobody's error
+    assert callable(restore)
+    restore()
+    (job,) = stack.wait_settled(1, timeout=60)
+    assert '"breaker.closed"' in stack.log.getvalue()
+    return job
+
+
+def test_an_edc_replica_outage_pauses_the_job_and_spends_no_delivery(
+    stack: TestStack, replica_proxy: tuple[TcpProxy, str]
+) -> None:
+    proxy, proxied_url = replica_proxy
+    proxy.cut()
+    with stack.worker(EDC_DATABASE_URL=proxied_url):
+        stack.upload("subjecteventcrffile/1/101/CT Scan/v1.dcm", bundled_file("CT_small.dcm"))
+        job = _paused_then_completed(stack, "edc_replica", proxy.restore)
+    assert (job["status"], job["has_error"], job["attempts"]) == ("Completed", False, 1)
+    assert len(stack.quarantine_keys()) == 1
+    assert stack.queue_depth() == 0 and stack.queue_depth("PIPELINE_DLQ_URL") == 0
+
+
+def test_an_s3_outage_pauses_the_job_and_spends_no_delivery(stack: TestStack, s3_proxy: S3FaultProxy) -> None:
+    with stack.worker(AWS_ENDPOINT_URL=s3_proxy.endpoint):
+        s3_proxy.s3_down = True
+        stack.upload("subjecteventcrffile/1/101/CT Scan/v1.dcm", bundled_file("CT_small.dcm"))
+
+        def restore() -> None:
+            s3_proxy.s3_down = False
+
+        job = _paused_then_completed(stack, "s3", restore)
+    assert (job["status"], job["has_error"], job["attempts"]) == ("Completed", False, 1)
+    assert len(stack.quarantine_keys()) == 1
+    assert stack.queue_depth() == 0 and stack.queue_depth("PIPELINE_DLQ_URL") == 0
+
+
+def test_an_edc_url_the_replica_refuses_stops_start_up_but_an_unanswering_one_does_not(
+    stack: TestStack, replica_proxy: tuple[TcpProxy, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    parts = urlsplit(stack.edc_url)
+    wrong = urlunsplit(parts._replace(path="/no_such_database"))
+    assert main(["worker"], {**stack.env, "EDC_DATABASE_URL": wrong}) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["configuration error: EDC_DATABASE_URL: its database or role does not exist"]
+    # Not answering at all is an outage: the worker starts and waits (shown end to end above).
+    proxy, proxied_url = replica_proxy
+    proxy.cut()
+    with stack.worker(EDC_DATABASE_URL=proxied_url):  # raises if the worker cannot be built
+        pass
+    assert proxy.refused >= 1  # the start-up check asked, and found no answer

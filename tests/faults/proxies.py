@@ -3,7 +3,8 @@
 ``TcpProxy`` forwards a port (PostgreSQL) and can cut every connection and refuse new ones for
 an outage. ``S3FaultProxy`` is an HTTP reverse proxy in front of moto's server: it forwards every
 request unchanged and, while told to, answers a share of the S3 object requests with 503
-SlowDown or holds them for a while (a worker "mid-file").
+SlowDown or holds them for a while (a worker "mid-file"), or every S3 request with 503 (an S3
+outage, which the worker's HeadBucket probe sees too).
 """
 
 from __future__ import annotations
@@ -95,8 +96,17 @@ _SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message><RequestId>FAULTPROXY</RequestId></Error>"
 )
+_UNAVAILABLE = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
+    b"<Message>Service is unable to handle request.</Message><RequestId>FAULTPROXY</RequestId></Error>"
+)
 _TRICKLE_CHUNKS = 15
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection", "upgrade"}
+
+
+def is_s3_request(path: str) -> bool:
+    """An S3 request on a bucket or an object (path-style); SQS and SNS post to ``/``."""
+    return bool(urlsplit(path).path.lstrip("/").partition("/")[0])
 
 
 def is_object_request(path: str) -> bool:
@@ -114,6 +124,7 @@ class S3FaultProxy:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.slow_down_share = 0.0  # share of object requests answered 503 SlowDown
+        self.s3_down = False  # every S3 request (bucket or object) answered 503: an S3 outage
         self.hold: Callable[[str, str], float] | None = None  # (method, path) -> seconds to hold
         # (method, path) -> seconds over which to send the response body: a slow transfer whose
         # every read still answers well within botocore's 60 s read timeout.
@@ -150,6 +161,9 @@ class S3FaultProxy:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else b""
         trickle_s = 0.0
+        if self.s3_down and is_s3_request(request.path):
+            self._reply(request, 503, [("Content-Type", "application/xml")], _UNAVAILABLE)
+            return
         if is_object_request(request.path):
             hold_s = self.hold(request.command, request.path) if self.hold else 0.0
             trickle_s = self.trickle(request.command, request.path) if self.trickle else 0.0
