@@ -327,3 +327,36 @@ def test_an_edc_url_the_replica_refuses_stops_start_up_but_an_unanswering_one_do
     with stack.worker(EDC_DATABASE_URL=proxied_url):  # raises if the worker cannot be built
         pass
     assert proxy.refused >= 1  # the start-up check asked, and found no answer
+
+
+def test_a_job_whose_lease_another_delivery_took_leaves_the_message_to_it(
+    stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real pipeline: mid-job, another delivery holds the job (this one outlived its lease).
+    The job's every later write is refused (LeaseLostError), nothing is recorded or written to
+    quarantine, and the message is neither deleted nor made visible: it is the holder's."""
+    from service.edc import EdcLookup
+
+    real_lookup = EdcLookup.lookup_crf_file
+
+    def lookup_then_lose_the_lease(self: EdcLookup, key: object) -> object:
+        record = real_lookup(self, key)  # type: ignore[arg-type]
+        stack.query(
+            "UPDATE pipeline.edc_pipeline_file SET lease_owner = 'another-delivery',"
+            " lease_until = now() + interval '10 minutes'"
+        )
+        return record
+
+    monkeypatch.setattr(EdcLookup, "lookup_crf_file", lookup_then_lose_the_lease)
+    with stack.worker():
+        stack.upload("subjecteventcrffile/1/101/CT Scan/v1.dcm", bundled_file("CT_small.dcm"))
+        stack.wait_for(lambda: '"job.lease_lost"' in stack.log.getvalue(), what="lease lost")
+        time.sleep(2)
+        assert (visible(stack), stack.queue_depth()) == (0, 1)  # in flight, left to the holder
+    (job,) = stack.jobs()
+    assert (job["status"], job["lease_owner"], job["destination_key"]) == (
+        "In Progress",
+        "another-delivery",
+        None,
+    )
+    assert stack.errors() == [] and stack.quarantine_keys() == []
