@@ -345,6 +345,40 @@ def test_the_digest_of_real_jobs_reaches_every_channel_with_the_same_facts_and_n
     assert leaks == []
 
 
+def test_stuck_jobs_and_dead_letters_reach_every_channel_with_their_next_steps(lab: Lab) -> None:
+    stack = lab.stack
+    now = later()
+    # Unsettled, no live lease, untouched for 3 h: no worker will come back for it.
+    stuck = seed_job(stack, "In Progress", now - timedelta(hours=4), updated_at=now - timedelta(hours=3))
+    recent = seed_job(stack, "In Progress", now - timedelta(minutes=2))  # may still be running
+    stack.query(
+        "UPDATE pipeline.edc_pipeline_file SET lease_until = %s WHERE id = %s",
+        (now + timedelta(minutes=1), recent),
+    )
+    for n in range(2):
+        stack.client("sqs").send_message(QueueUrl=stack.env["PIPELINE_DLQ_URL"], MessageBody=f"poison {n}")
+
+    code, out, err = lab.run("--since", "6h", now=now)
+    assert (code, err) == (0, "")
+    assert "0 failed, 0 waiting for the EDC, 1 stuck" in out
+
+    (mail,) = lab.emails()
+    body = parts(mail)
+    text = body["text/plain"]
+    assert "stuck: 1" in text and "dead-letter queue: 2" in text
+    assert f"  job {stuck} ({PIPELINE_CODE}) In Progress, last change" in text
+    assert f"job {recent} " not in text
+    for shown in (text, body["html as shown"]):
+        assert "1 job(s) are stuck (no worker holds them)." in shown
+        assert "2 message(s) wait in the dead-letter queue (python -m service redrive)." in shown
+        assert "python -m service jobs list --stuck" in shown
+    (note,) = lab.sns()
+    assert note["text"] == text
+    (payload,) = lab.slack.bodies
+    slack_text = json.dumps(payload)
+    assert "stuck" in slack_text and "redrive" in slack_text
+
+
 def test_running_twice_for_the_same_window_sends_once(lab: Lab) -> None:
     now = datetime(2030, 1, 1, 8, 7, tzinfo=UTC)
     job = seed_completed(lab, now, series=1, instances=1)
