@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.required import skip_unless_required
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,7 +41,9 @@ def _compose_command() -> list[str] | None:
 def resolved() -> dict[str, Any]:
     command = _compose_command()
     if command is None:
-        pytest.skip("no compose front-end (docker compose, docker-compose, or podman-compose with podman)")
+        skip_unless_required(
+            "no compose front-end (docker compose, docker-compose, or podman-compose with podman)"
+        )
     result = subprocess.run(
         [*command, "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from service.local.samples import bundled_file
+from tests.required import skip_unless_required
 from tests.stackfixtures import TestStack
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def podman_env() -> Iterator[dict[str, str]]:
     """Builds the image once for the module; yields the environment podman commands need."""
     reason = _missing()
     if reason:
-        pytest.skip(reason)
+        skip_unless_required(reason)
     started = time.monotonic()
     built = subprocess.run(
         [str(ROOT / "scripts" / "container-build"), IMAGE], capture_output=True, text=True, timeout=1800

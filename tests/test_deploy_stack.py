@@ -35,6 +35,7 @@ import yaml
 from service.events import parse_message
 from service.local.stack import REGION
 from service.metrics import NAMESPACE as METRICS_NAMESPACE
+from tests.required import skip_unless_required
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "ecs" / "stack.yaml"
@@ -109,7 +110,9 @@ def test_template_is_cfn_lint_clean() -> None:
 def test_template_is_checkov_clean_and_every_skip_is_justified_and_used() -> None:
     checkov = checkov_command()
     if checkov is None:
-        pytest.skip("checkov is not installed: scripts/bootstrap test installs it into .venv/tools/checkov")
+        skip_unless_required(
+            "checkov is not installed: scripts/bootstrap test installs it into .venv/tools/checkov"
+        )
     result = subprocess.run(
         [
             checkov,

@@ -22,6 +22,7 @@ from service.digestquery import DigestFacts, FailureCount, PipelineCounts, Quara
 from service.digestrender import format_size, render_html, render_text
 from service.digestwindow import DigestWindow
 from service.jobquery import JobSummary
+from tests.required import skip_unless_required
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -29,9 +30,11 @@ WIDTH, HEIGHT = 1000, 2000
 END = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
 LONG_CRF = "Imaging_Follow-upMagneticResonanceImagingOfTheBrainWithAndWithoutContrast"
 
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does it as root)"
-)
+
+@pytest.fixture
+def needs_chromium() -> None:
+    if CHROMIUM is None:
+        skip_unless_required("chromium is not installed (apt-get install chromium; .ci/run does it as root)")
 
 
 def sample_facts(extra_files: int = 0) -> DigestFacts:
@@ -186,7 +189,7 @@ def test_the_email_has_no_script_no_external_asset_and_only_inline_css() -> None
     assert re.search(r'<table role="presentation" width="640"', html)
 
 
-@needs_chromium
+@pytest.mark.usefixtures("needs_chromium")
 def test_a_reader_sees_every_file_name_and_the_counts() -> None:
     facts = sample_facts()
     html = render_html(facts)
@@ -208,7 +211,7 @@ def test_a_reader_sees_every_file_name_and_the_counts() -> None:
     assert "dead-letter queue: 1" in text
 
 
-@needs_chromium
+@pytest.mark.usefixtures("needs_chromium")
 def test_nothing_is_wider_than_the_window_and_the_boxes_are_even() -> None:
     html = render_html(sample_facts(extra_files=30))
     for width in (1000, 500):  # a desktop client, and a phone (headless Chromium's narrowest window)
