@@ -388,3 +388,25 @@ def test_system_files_raise_no_issue_and_are_counted(name: str, tmp_path: Path) 
     assert (result.issues, result.system_files, result.instances_stamped) == ((), 1, 1)
     with zipfile.ZipFile(dst) as after:
         assert after.read(name) == README
+
+
+def test_names_that_unzip_to_one_file_are_duplicates_however_they_are_spelled(tmp_path: Path) -> None:
+    composed, decomposed = "scans/s\u00e9rie/IM1.dcm", "scans/se\u0301rie/IM1.dcm"  # NFC and NFD é
+    src = build_with_duplicates(
+        tmp_path / "spelled.zip",
+        [
+            (composed, data("MR_small.dcm"), zipfile.ZIP_STORED),
+            (decomposed, data("CT_small.dcm"), zipfile.ZIP_STORED),  # macOS' NFD spelling
+            ("scans/IM2.dcm", data("MR_small.dcm"), zipfile.ZIP_DEFLATED),
+            ("scans//IM2.dcm", data("CT_small.dcm"), zipfile.ZIP_STORED),  # an empty segment
+            ("./scans/./IM2.dcm", data("MR_small.dcm"), zipfile.ZIP_STORED),  # dot segments
+            ("scans/IM2.dcm.bak/IM2.dcm", data("CT_small.dcm"), zipfile.ZIP_STORED),  # another file
+        ],
+    )
+    _, _, result = run(src, tmp_path)
+    assert [(i.position, i.code) for i in result.issues] == [(n, "ERRS1019") for n in (2, 4, 5)]
+    assert [i.message for i in result.issues][1:] == [
+        "member #4.dcm has the name of member #3; both carried over",
+        "member #5.dcm has the name of member #3; both carried over",
+    ]
+    assert result.instances_stamped == 6

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import stat
+import unicodedata
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -218,18 +219,25 @@ def check_member_end(end: int, bound: int) -> None:
         raise fail("ERRS1016", "a zip member overlaps the next member or the central directory")
 
 
+def unzipped_path(name: str) -> str:
+    """The file a member's name becomes when unzipped, folded as the labs' file systems fold it:
+    ``\\`` is ``/`` (Windows), empty and ``.`` segments vanish (``a//b``, ``./a/./b``), Unicode
+    is composed (macOS stores é as e + accent, NFD), and case is folded (Windows and macOS
+    unzip case-insensitively: IM1.dcm and im1.DCM overwrite each other)."""
+    segments = unicodedata.normalize("NFC", name.replace("\\", "/")).split("/")
+    return "/".join(s for s in segments if s not in ("", ".")).casefold()
+
+
 def duplicate_issues(infos: Sequence[zipfile.ZipInfo]) -> dict[int, MemberIssue]:
-    """ERRS1019 for every member whose name (``\\`` read as ``/``) an earlier member already has,
-    keyed by position; directories and system files are left out (unzipping them twice is
-    harmless). The members themselves are carried over as they came."""
+    """ERRS1019 for every member that unzips to the file an earlier member already unzipped to
+    (``unzipped_path``), keyed by position; directories and system files are left out (unzipping
+    them twice is harmless). The members themselves are carried over as they came."""
     first: dict[str, int] = {}
     issues: dict[int, MemberIssue] = {}
     for position, info in enumerate(infos, start=1):
-        name = info.filename.replace("\\", "/")
-        if info.is_dir() or is_system_file(name):
+        if info.is_dir() or is_system_file(info.filename.replace("\\", "/")):
             continue
-        # Windows and macOS unzip case-insensitively: IM1.dcm and im1.DCM overwrite each other.
-        name = name.casefold()
+        name = unzipped_path(info.filename)
         if name in first:
             member = Member(position, info)
             issues[position] = member.issue(
